@@ -1,0 +1,35 @@
+"""The model's hyper-parameters: everything the forward pass needs besides the weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+ACTIVATIONS = ("quick_gelu", "gelu")
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    embed_dim: int  # E: size of the joint image-text embedding space (512 for ViT-B, 768 for ViT-L)
+    # image encoder (a ViT, paper section 2.4)
+    image_size: int  # S: images are S x S pixels (224, or 336 for ViT-L/14@336)
+    patch_size: int  # P: side of a square patch; the image is a (S/P) x (S/P) grid of patches
+    vision_width: int  # D_v: width of the ViT residual stream
+    vision_layers: int  # number of residual attention blocks
+    vision_heads: int  # attention heads; head width D_v / heads is 64 in all published CLIPs
+    vision_mlp_dim: int  # hidden width of each block's MLP (4 * D_v in CLIP)
+    # text encoder (a GPT-2-style transformer with a causal mask, paper section 2.4)
+    context_length: int  # T: token positions (77)
+    vocab_size: int  # byte-level BPE vocabulary (49408)
+    text_width: int  # D_t: width of the text residual stream
+    text_layers: int
+    text_heads: int
+    text_mlp_dim: int
+    activation: str = "quick_gelu"  # MLP non-linearity: OpenAI's weights use QuickGELU, LAION's exact GELU
+    layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (PyTorch's default, used by all CLIPs)
+
+    @property
+    def grid_size(self) -> int:  # S/P: patches per side
+        return self.image_size // self.patch_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)

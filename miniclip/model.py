@@ -1,0 +1,139 @@
+"""CLIP's two encoders and its contrastive head, read like the paper (Radford et al. 2021, section 2).
+
+Every function states its shapes: B batch, S image side, P patch side, N = (S/P)^2 patches,
+T tokens, D width (D_v vision, D_t text), E embedding width, F MLP width. Parameters keep the
+names of OpenAI's checkpoints (see weights.py). The arithmetic is done by `ops`, a backend module with
+linear / layer_norm / attention / activation (ops.py is the NumPy reference); this file only says what.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import CLIPConfig
+from .errors import MiniclipError
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+    """{"a.b.0.c": x} -> {"a": {"b": [{"c": x}]}}: checkpoint names as nested dicts, layer lists as lists."""
+    tree: dict = {}
+    for name, value in flat.items():
+        *path, leaf = name.split(".")
+        node = tree
+        for key in path:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+
+    def listify(node):
+        if not isinstance(node, dict):
+            return node
+        if node and all(k.isdigit() for k in node):
+            return [listify(node[str(i)]) for i in range(len(node))]
+        return {k: listify(v) for k, v in node.items()}
+
+    return listify(tree)
+
+
+def residual_attention_block(x, ln_1, attn, ln_2, mlp, *, n_head, causal, act, eps, ops):  # [B, T, D] -> same
+    """Pre-LN transformer block (OpenAI clip/model.py ResidualAttentionBlock):
+    x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    h = ops.layer_norm(x, **ln_1, eps=eps)
+    qkv = ops.linear(h, attn["in_proj_weight"], attn["in_proj_bias"])  # [B, T, D] -> [B, T, 3D]
+    h = ops.attention(qkv, n_head, causal)  # [B, T, 3D] -> [B, T, D]
+    x = x + ops.linear(h, **attn["out_proj"])  # [B, T, D]
+    h = ops.layer_norm(x, **ln_2, eps=eps)
+    h = ops.activation(ops.linear(h, **mlp["c_fc"]), act)  # [B, T, D] -> [B, T, F]
+    return x + ops.linear(h, **mlp["c_proj"])  # [B, T, F] -> [B, T, D]
+
+
+def transformer(x, resblocks, **block_kwargs):  # [B, T, D] -> [B, T, D]
+    for block in resblocks:
+        x = residual_attention_block(x, **block, **block_kwargs)
+    return x
+
+
+def patchify(images, P):  # [B, 3, S, S] -> [B, N, 3*P*P]
+    """Cut images into non-overlapping P x P patches, each flattened in (channel, row, column) order, the
+    order of conv1.weight's [D, 3, P, P]: so the stride-P convolution becomes one matrix product."""
+    B, C, S, _ = images.shape
+    g = S // P
+    x = images.reshape(B, C, g, P, g, P).transpose(0, 2, 4, 1, 3, 5)  # [B, g, g, 3, P, P]
+    return x.reshape(B, g * g, C * P * P)
+
+
+def vision_transformer(images, visual, cfg: CLIPConfig, ops):  # [B, 3, S, S] -> [B, E]
+    """The image encoder: a ViT (Dosovitskiy et al. 2020) with an extra LayerNorm before the transformer
+    (CLIP paper section 2.4)."""
+    D = cfg.vision_width
+    conv1 = visual["conv1"]["weight"].reshape(D, -1)  # [D, 3, P, P] -> [D, 3*P*P], a view
+    x = ops.linear(patchify(images, cfg.patch_size), conv1)  # [B, N, 3*P*P] -> [B, N, D]
+    cls = np.broadcast_to(visual["class_embedding"], (x.shape[0], 1, D)).astype(x.dtype)
+    x = np.concatenate([cls, x], axis=1)  # prepend the class token: [B, 1 + N, D]
+    x = x + visual["positional_embedding"]  # learned position of every token: [1 + N, D]
+    x = ops.layer_norm(x, **visual["ln_pre"], eps=cfg.layer_norm_eps)
+    x = transformer(x, visual["transformer"]["resblocks"], n_head=cfg.vision_heads, causal=False,
+                    act=cfg.activation, eps=cfg.layer_norm_eps, ops=ops)
+    x = ops.layer_norm(x[:, 0, :], **visual["ln_post"], eps=cfg.layer_norm_eps)  # the class token: [B, D]
+    return ops.linear(x, visual["proj"].T)  # [B, D] -> [B, E]; proj is stored [D, E]
+
+
+def text_transformer(tokens, p, cfg: CLIPConfig, ops):  # [B, T] -> [B, E]
+    """The text encoder: a GPT-2-style transformer with a causal mask (section 2.4); the text's feature is
+    the final activation at its end-of-text token, the largest token id (OpenAI's `text.argmax(-1)`)."""
+    T = tokens.shape[1]
+    x = p["token_embedding"]["weight"][tokens]  # [B, T] -> [B, T, D]
+    x = x + p["positional_embedding"][:T]  # [T, D]
+    x = transformer(x, p["transformer"]["resblocks"], n_head=cfg.text_heads, causal=True,
+                    act=cfg.activation, eps=cfg.layer_norm_eps, ops=ops)
+    x = ops.layer_norm(x, **p["ln_final"], eps=cfg.layer_norm_eps)
+    x = x[np.arange(x.shape[0]), tokens.argmax(axis=-1)]  # [B, T, D] -> [B, D] at each end token
+    return ops.linear(x, p["text_projection"].T)  # [B, D] -> [B, E]; text_projection is stored [D, E]
+
+
+def normalize(x):  # [B, E] -> [B, E], unit L2 norm per row
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class CLIP:
+    """A loaded CLIP model. Same calls as openai/CLIP's model: encode_image, encode_text, model(images, texts)."""
+
+    def __init__(self, params: dict[str, np.ndarray], config: CLIPConfig, ops):
+        self.config = config
+        self.ops = ops
+        self.params = unflatten(params)
+
+    @property
+    def logit_scale(self) -> np.ndarray:  # the learned temperature, stored as its log (section 2.5)
+        return self.params["logit_scale"]
+
+    def encode_image(self, images: np.ndarray) -> np.ndarray:  # [B, 3, S, S] -> [B, E] float32
+        """Image features (not normalized) for a batch of preprocessed images."""
+        S = self.config.image_size
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (3, S, S):
+            hint = " (a single image? use images[None] or np.stack([...]))" if images.shape == (3, S, S) else ""
+            raise MiniclipError(f"encode_image expects preprocessed images of shape [B, 3, {S}, {S}], "
+                                f"got {list(images.shape)}{hint}")
+        if not np.issubdtype(images.dtype, np.floating):
+            raise MiniclipError(f"encode_image expects float pixels from preprocess(), got dtype {images.dtype}")
+        return np.asarray(vision_transformer(images.astype(np.float32, copy=False), self.params["visual"],
+                                             self.config, self.ops))
+
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:  # [B, T] -> [B, E] float32
+        """Text features (not normalized) for token ids from miniclip.tokenize."""
+        tokens = np.asarray(tokens)
+        T_max, V = self.config.context_length, self.config.vocab_size
+        if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= T_max or not np.issubdtype(tokens.dtype, np.integer):
+            raise MiniclipError(f"encode_text expects integer token ids of shape [B, T] with T <= {T_max} "
+                                f"(from miniclip.tokenize), got {tokens.dtype} {list(tokens.shape)}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
+            raise MiniclipError(f"token ids must lie in [0, {V}), found {tokens.min()}..{tokens.max()}")
+        return np.asarray(text_transformer(tokens, self.params, self.config, self.ops))
+
+    def __call__(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits_per_image [B_img, B_txt], logits_per_text [B_txt, B_img]): the cosine similarity of every
+        image with every text, times the learned temperature exp(logit_scale) (section 2.5, Figure 3)."""
+        image_features = normalize(self.encode_image(images))
+        text_features = normalize(self.encode_text(tokens))
+        logits_per_image = np.exp(self.logit_scale) * image_features @ text_features.T
+        return logits_per_image, logits_per_image.T

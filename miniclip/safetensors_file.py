@@ -1,0 +1,110 @@
+"""Reading a .safetensors file without copying it.
+
+The format (https://github.com/huggingface/safetensors, "Format" section) is
+    [8 bytes: N, little-endian u64] [N bytes: JSON header] [data bytes]
+and the header maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end]}, offsets counted
+from the start of the data bytes. We read the header ourselves and view each float32 tensor in place in a
+read-only memory map, so a 600 MB checkpoint costs no 600 MB copy (`safetensors.numpy.load_file` copies
+every tensor, and cannot represent bfloat16 in NumPy at all). float16, bfloat16 and float64 tensors are
+converted to float32 once, since miniclip computes in float32.
+
+Nothing here unpickles anything: the header is JSON and the data are raw little-endian numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WeightsError
+
+# safetensors dtype name -> NumPy dtype of the stored bytes ("<" = little-endian, as the format requires).
+# bfloat16 has no NumPy dtype: its bytes are the high half of a float32, read as uint16 and widened below.
+_STORED_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation refuses headers over 100 MB too
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, int, int]:
+    """Parse and validate the header. Returns (header without __metadata__, data start, file size)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise WeightsError(f"{path}: not a safetensors file (only {size} bytes long)")
+            n = int.from_bytes(prefix, "little")
+            if n == 0 or n > _MAX_HEADER_BYTES or 8 + n > size:
+                raise WeightsError(
+                    f"{path}: not a safetensors file, or truncated: the first 8 bytes announce a "
+                    f"{n}-byte header but the file has {size} bytes")
+            raw = f.read(n)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read: {e.strerror or e}") from e
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: not a safetensors file: header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: safetensors header is corrupt: expected a JSON object")
+    header.pop("__metadata__", None)
+    data_start = 8 + n
+    for name, info in header.items():
+        _check_entry(path, name, info, size - data_start)
+    return header, data_start, size
+
+
+def _check_entry(path: Path, name: str, info: object, data_bytes: int) -> None:
+    bad = f"{path}: safetensors header is corrupt: tensor {name!r}"
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise WeightsError(f"{bad} lacks dtype/shape/data_offsets")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise WeightsError(f"{bad} has shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise WeightsError(f"{bad} has data_offsets {offsets!r}")
+    if dtype not in _STORED_DTYPES:
+        raise WeightsError(f"{path}: tensor {name!r} has dtype {dtype}, which miniclip does not support "
+                           f"(supported: {', '.join(FLOAT_DTYPES)} for weights)")
+    if offsets[1] > data_bytes:
+        raise WeightsError(f"{path}: file is truncated: tensor {name!r} ends at data byte {offsets[1]} "
+                           f"but the file holds only {data_bytes} data bytes")
+    expected = math.prod(shape) * _STORED_DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != expected:
+        raise WeightsError(f"{bad}: {dtype} {shape} needs {expected} bytes, "
+                           f"data_offsets span {offsets[1] - offsets[0]}")
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a .safetensors file: float tensors as float32 (in place when stored as float32),
+    integer/bool tensors (e.g. transformers' `position_ids` buffers) in their own dtype. The memory map
+    stays open for as long as any returned array is alive; the arrays are read-only."""
+    header, data_start, size = read_header(path)
+    if size == data_start:  # np.memmap refuses empty maps; a header-only file has only empty tensors
+        data = np.zeros(0, dtype=np.uint8)
+    else:
+        data = np.asarray(np.memmap(path, dtype=np.uint8, mode="r"))  # plain ndarray view of the map
+    tensors = {}
+    for name, info in header.items():
+        begin, end = (data_start + o for o in info["data_offsets"])
+        stored = _STORED_DTYPES[info["dtype"]]
+        array = data[begin:end].view(stored).reshape(info["shape"])
+        if info["dtype"] == "BF16":
+            # bfloat16 is the top 16 bits of a float32: shift them into place and reinterpret.
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        elif info["dtype"] in ("F16", "F64"):
+            array = array.astype(np.float32)
+        elif info["dtype"] == "F32" and not array.flags.aligned:
+            array = array.copy()  # BLAS wants aligned data; headers padded to 8 bytes never get here
+        tensors[name] = array
+    return tensors
