@@ -1,0 +1,39 @@
+"""miniclip: CLIP (Radford et al., 2021) in plain NumPy, with openai/CLIP's API.
+
+    model, preprocess = miniclip.load("path/to/weights", backend="numpy")
+    tokens = miniclip.tokenize(["a diagram", "a dog"])
+    logits_per_image, logits_per_text = model(np.stack([preprocess(image)]), tokens)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from .backends import get_backend
+from .config import CLIPConfig
+from .errors import ImageError, MiniclipError, TokenizerError, WeightsError
+from .image_processor import make_preprocess
+from .model import CLIP
+from .tokenizer import decode, tokenize
+from .weights import load_weights
+
+__all__ = ["CLIP", "CLIPConfig", "ImageError", "MiniclipError", "TokenizerError", "WeightsError",
+           "decode", "load", "tokenize"]
+__version__ = "0.1.0"
+
+
+def load(source: str | os.PathLike, backend: str = "numpy",
+         activation: str | None = None) -> tuple[CLIP, Callable[..., np.ndarray]]:
+    """Load CLIP weights from a .safetensors file or a directory holding one, in the transformers layout
+    (model.safetensors + config.json) or the OpenAI/open_clip layout (open_clip_model.safetensors +
+    optional open_clip_config.json). Returns (model, preprocess), as openai's clip.load does.
+
+    `activation` ("quick_gelu" for OpenAI weights, "gelu" for LAION-trained ones) is only needed when no
+    config file sits beside the weights; without either, "quick_gelu" is assumed with a warning.
+    """
+    ops = get_backend(backend)
+    params, config = load_weights(source, activation=activation)
+    return CLIP(params, config, ops), make_preprocess(config.image_size)

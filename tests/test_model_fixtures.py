@@ -1,0 +1,131 @@
+"""miniclip against the PyTorch references (transformers CLIPModel, open_clip CLIP), through the public API.
+
+The fixtures were made by tests/make_model_fixtures.py from the same seeded weights, written in the same
+layout; tolerances are the issue's: embeddings within 1e-4 of their norm, logits within 1e-3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import FIXTURES, record
+from seeded import ARCHS, TEXTS, fingerprint, seeded_images
+
+import miniclip
+
+EMBED_RTOL = 1e-4
+LOGIT_ATOL = 1e-3
+
+
+def fixture(name: str):
+    return np.load(FIXTURES / f"model_{name}.npz")
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:  # worst row: |a - e| / |e|
+    return float((np.linalg.norm(actual - expected, axis=-1) / np.linalg.norm(expected, axis=-1)).max())
+
+
+def check_against_fixture(model, name: str, label: str) -> None:
+    ref = fixture(name)
+    arch = ARCHS[name]
+    images, tokens = seeded_images(arch), ref["tokens"].astype(np.int64)
+    image_features, text_features = model.encode_image(images), model.encode_text(tokens)
+    logits_per_image, logits_per_text = model(images, tokens)
+    assert image_features.dtype == np.float32 and image_features.shape == (len(images), arch.config.embed_dim)
+    assert text_features.shape == (len(TEXTS), arch.config.embed_dim)
+    errors = {
+        "image_features (rel)": relative_error(image_features, ref["image_features"]),
+        "text_features (rel)": relative_error(text_features, ref["text_features"]),
+        "logits_per_image (abs)": float(np.abs(logits_per_image - ref["logits_per_image"]).max()),
+        "logits_per_text (abs)": float(np.abs(logits_per_text - ref["logits_per_text"]).max()),
+    }
+    for quantity, value in errors.items():
+        record(f"{label} / {quantity}", value)
+        limit = EMBED_RTOL if "features" in quantity else LOGIT_ATOL
+        assert value <= limit, f"{label}: {quantity} = {value:.3g} exceeds {limit}"
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_seeded_weights_are_the_fixtures_weights(name, params_cache):
+    """If NumPy's legacy generator ever changed, every comparison below would be meaningless."""
+    np.testing.assert_allclose(fingerprint(params_cache(name)), fixture(name)["fingerprint"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_tokenize_gives_the_reference_tokens(name):
+    ref = fixture(name)
+    tokens = miniclip.tokenize(TEXTS, context_length=ARCHS[name].config.context_length)
+    np.testing.assert_array_equal(tokens, ref["tokens"])
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_matches_reference_in_its_own_layout(name, checkpoint):
+    """Each architecture loaded from the layout its reference read, with that layout's config file."""
+    model, preprocess = miniclip.load(checkpoint(name))
+    assert model.config == ARCHS[name].config
+    check_against_fixture(model, name, f"{name} ({ARCHS[name].layout})")
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_matches_reference_from_the_other_layout_without_config(name, checkpoint):
+    """The same weights in the other layout, as a bare .safetensors file: the architecture comes from the
+    tensor shapes, the activation from the keyword, and the outputs must not change."""
+    arch = ARCHS[name]
+    other = "open_clip" if arch.layout == "transformers" else "transformers"
+    file = next(checkpoint(name, other, with_config=False).glob("*.safetensors"))
+    model, _ = miniclip.load(file, activation=arch.config.activation)
+    inferred = model.config
+    # heads cannot be told from shapes: 64-wide heads are assumed, as in every published CLIP
+    assert inferred.vision_width == arch.config.vision_width and inferred.image_size == arch.config.image_size
+    if arch.config.vision_width % 64 == 0 and arch.config.text_width % 64 == 0:
+        assert inferred == arch.config
+        check_against_fixture(model, name, f"{name} ({other}, bare file)")
+    else:
+        assert inferred.vision_heads == max(1, arch.config.vision_width // 64)
+
+
+def test_hidden_states_match_transformers_layer_by_layer(checkpoint):
+    """Frozen reference activations at every stage (llm.c style): embeddings, each block's output, and
+    the attention probabilities of each layer, for both towers of the odd-sized model."""
+    from miniclip import model as m
+    from miniclip import ops
+
+    ref = fixture("odd_hf")
+    clip, _ = miniclip.load(checkpoint("odd_hf"))
+    cfg, p = clip.config, clip.params
+    kwargs = dict(act=cfg.activation, eps=cfg.layer_norm_eps, ops=ops)
+
+    # vision: transformers' hidden_states[0] is the input of block 0, i.e. after ln_pre
+    images = seeded_images(ARCHS["odd_hf"])
+    v = p["visual"]
+    x = ops.linear(m.patchify(images, cfg.patch_size), v["conv1"]["weight"].reshape(cfg.vision_width, -1))
+    cls = np.broadcast_to(v["class_embedding"], (len(images), 1, cfg.vision_width))
+    x = ops.layer_norm(np.concatenate([cls, x], axis=1) + v["positional_embedding"], **v["ln_pre"])
+    hidden = [x]
+    for block in v["transformer"]["resblocks"]:
+        hidden.append(m.residual_attention_block(hidden[-1], **block, n_head=cfg.vision_heads, causal=False,
+                                                 **kwargs))
+    for i, h in enumerate(hidden):
+        err = np.abs(h - ref["vision_hidden_states"][i]).max()
+        record("odd_hf / vision hidden state (abs)", err)
+        assert err < 1e-4, f"vision hidden state {i}: {err}"
+
+    tokens = ref["tokens"].astype(np.int64)
+    x = p["token_embedding"]["weight"][tokens] + p["positional_embedding"][: tokens.shape[1]]
+    hidden = [x]
+    for block in p["transformer"]["resblocks"]:
+        hidden.append(m.residual_attention_block(hidden[-1], **block, n_head=cfg.text_heads, causal=True, **kwargs))
+    for i, h in enumerate(hidden):
+        err = np.abs(h - ref["text_hidden_states"][i]).max()
+        record("odd_hf / text hidden state (abs)", err)
+        assert err < 1e-4, f"text hidden state {i}: {err}"
+
+
+def test_attention_probabilities_are_far_from_uniform():
+    """The fixtures are only a good test of masking and pooling if attention actually picks tokens."""
+    ref = fixture("odd_hf")
+    probs = ref["vision_attentions"]
+    assert probs.max() > 0.5, "seeded weights give near-uniform attention: make q/k larger"
+    text = ref["text_attentions"]
+    upper = np.triu(np.ones(text.shape[-2:], dtype=bool), k=1)
+    assert np.all(text[..., upper] == 0), "reference text attention is not causal?"
