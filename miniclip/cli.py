@@ -1,0 +1,128 @@
+"""The `miniclip` command (also `python -m miniclip`).
+
+    miniclip classify IMAGE... --labels "a diagram" "a dog" --weights PATH
+    miniclip embed --images IMAGE... --out image_features.npy --weights PATH
+    miniclip embed --texts "a dog" "a cat" --out text_features.npy --weights PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import load, tokenize
+from .backends import BACKENDS
+from .errors import MiniclipError
+from .image_processor import load_image
+from .model import CLIP, normalize
+
+WEIGHTS_ENV = "MINICLIP_WEIGHTS"
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=os.environ.get(WEIGHTS_ENV),
+                   help=f"a .safetensors file or a directory holding one (default: ${WEIGHTS_ENV})")
+    p.add_argument("--backend", default="numpy", choices=["auto", *BACKENDS], help="ops backend (default: numpy)")
+    p.add_argument("--activation", choices=["quick_gelu", "gelu"],
+                   help="only for weights without a config file: quick_gelu (OpenAI) or gelu (LAION)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+
+
+def _load_model(args: argparse.Namespace) -> tuple[CLIP, object]:
+    if not args.weights:
+        raise MiniclipError(
+            f"no weights given: pass --weights PATH or set ${WEIGHTS_ENV} to a CLIP .safetensors file or a "
+            "directory holding one (e.g. openai/clip-vit-base-patch32 from the Hugging Face hub: "
+            "model.safetensors + config.json); see weights/README.md")
+    return load(args.weights, backend=args.backend, activation=args.activation)
+
+
+def _encode_images(model: CLIP, preprocess, paths: Sequence[str], batch_size: int) -> np.ndarray:  # -> [N, E]
+    if batch_size < 1:
+        raise MiniclipError(f"--batch-size must be at least 1, got {batch_size}")
+    features = []
+    show_progress = len(paths) > batch_size and sys.stderr.isatty()
+    for start in range(0, len(paths), batch_size):
+        batch = paths[start:start + batch_size]
+        pixels = np.stack([preprocess(load_image(p)) for p in batch])  # [b, 3, S, S]
+        features.append(model.encode_image(pixels))
+        if show_progress:
+            print(f"\rembedded {start + len(batch)}/{len(paths)} images", end="", file=sys.stderr)
+    if show_progress:
+        print(file=sys.stderr)
+    return np.concatenate(features)
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    if not args.labels:
+        raise MiniclipError("give the candidate labels with --labels, e.g. --labels \"a diagram\" \"a dog\"")
+    model, preprocess = _load_model(args)
+    text_features = normalize(model.encode_text(tokenize(args.labels, model.config.context_length)))
+    image_features = normalize(_encode_images(model, preprocess, args.images, args.batch_size))
+    logits = np.exp(model.logit_scale) * image_features @ text_features.T  # [N_images, N_labels]
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    width = max(len(label) for label in args.labels)
+    top = len(args.labels) if args.top is None else max(1, args.top)
+    for path, p in zip(args.images, probs, strict=True):
+        print(path)
+        for i in np.argsort(-p, kind="stable")[:top]:
+            print(f"  {args.labels[i]:<{width}}  {p[i]:8.4%}")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    if bool(args.images) == bool(args.texts):
+        raise MiniclipError("give either --images or --texts")
+    model, preprocess = _load_model(args)
+    if args.images:
+        features = _encode_images(model, preprocess, args.images, args.batch_size)
+    else:
+        features = model.encode_text(tokenize(args.texts, model.config.context_length, truncate=args.truncate))
+    if args.normalize:
+        features = normalize(features)
+    np.save(args.out, features.astype(np.float32))
+    kind = "image" if args.images else "text"
+    print(f"wrote {features.shape[0]} {kind} embeddings of width {features.shape[1]} to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="miniclip", description="CLIP in plain NumPy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", help="zero-shot classification of images among text labels")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--labels", nargs="+", metavar="LABEL", help="candidate descriptions, e.g. \"a dog\"")
+    p.add_argument("--top", type=int, help="show only the K most probable labels per image")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("embed", help="write image or text embeddings to a .npy file")
+    p.add_argument("--images", nargs="+", metavar="IMAGE")
+    p.add_argument("--texts", nargs="+", metavar="TEXT")
+    p.add_argument("--out", required=True, help="output .npy file: float32 [N, embed_dim]")
+    p.add_argument("--normalize", action="store_true", help="L2-normalize each embedding")
+    p.add_argument("--truncate", action="store_true", help="cut texts longer than the context length")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_embed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"miniclip: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        try:
+            args.func(args)
+        except (MiniclipError, OSError) as e:
+            print(f"miniclip: error: {e}", file=sys.stderr)
+            return 1
+    return 0
