@@ -33,3 +33,20 @@ class CLIPConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _vit(embed_dim, image_size, patch_size, width, layers, text_width, text_layers):
+    return CLIPConfig(embed_dim=embed_dim, image_size=image_size, patch_size=patch_size, vision_width=width,
+                      vision_layers=layers, vision_heads=width // 64, vision_mlp_dim=4 * width, context_length=77,
+                      vocab_size=49408, text_width=text_width, text_layers=text_layers,
+                      text_heads=text_width // 64, text_mlp_dim=4 * text_width)
+
+
+# The published OpenAI architectures (openai/CLIP clip/model.py build_model on the released checkpoints).
+# LAION's open_clip weights use the same shapes with activation="gelu".
+ARCHITECTURES: dict[str, CLIPConfig] = {
+    "ViT-B-32": _vit(512, 224, 32, 768, 12, 512, 12),
+    "ViT-B-16": _vit(512, 224, 16, 768, 12, 512, 12),
+    "ViT-L-14": _vit(768, 224, 14, 1024, 24, 768, 12),
+    "ViT-L-14-336": _vit(768, 336, 14, 1024, 24, 768, 12),
+}

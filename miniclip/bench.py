@@ -1,0 +1,196 @@
+"""Benchmarks, run offline on seeded random weights in the real architectures (never timed tests).
+
+    python -m miniclip.bench                      # images/s and texts/s, batch 1 and 32, ViT-B-32
+    python -m miniclip.bench --model ViT-B-16 --batch 8
+    python -m miniclip.bench --load               # time and peak memory of loading a checkpoint
+
+Each measurement after one warm-up call; the median of the repeats is reported. Loading is measured in a
+fresh process per case, so the page cache and allocator state of one case do not flatter the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import ARCHITECTURES, CLIPConfig
+from .weights import expected_shapes
+
+
+def random_params(cfg: CLIPConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights of the right shapes; values do not affect speed (none are denormal)."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in expected_shapes(cfg).items():
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", "ln_final.weight")):
+            params[name] = np.ones(shape, np.float32)
+        else:
+            params[name] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
+    params["logit_scale"] = np.array(np.log(100.0), np.float32)
+    return params
+
+
+def _tower_flops(T: int, D: int, F: int, layers: int) -> int:
+    per_layer = 2 * T * D * 3 * D + 2 * 2 * T * T * D + 2 * T * D * D + 2 * 2 * T * D * F  # qkv, attn, out, mlp
+    return layers * per_layer
+
+
+def flops_per_image(cfg: CLIPConfig) -> int:  # multiply-adds count 2
+    N, P = cfg.grid_size**2, cfg.patch_size
+    patch_embed = 2 * N * 3 * P * P * cfg.vision_width
+    return patch_embed + _tower_flops(N + 1, cfg.vision_width, cfg.vision_mlp_dim, cfg.vision_layers) \
+        + 2 * cfg.vision_width * cfg.embed_dim
+
+
+def flops_per_text(cfg: CLIPConfig, T: int | None = None) -> int:
+    T = T or cfg.context_length
+    return _tower_flops(T, cfg.text_width, cfg.text_mlp_dim, cfg.text_layers) + 2 * cfg.text_width * cfg.embed_dim
+
+
+def _time(fn, min_repeats: int = 3, min_seconds: float = 2.0) -> float:
+    fn()  # warm-up: first-touch of the weights' pages, JIT compilation, thread pool start
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def bench_forward(model_name: str, backend: str, batches: list[int]) -> list[dict]:
+    from . import tokenize
+    from .backends import get_backend
+    from .model import CLIP
+
+    cfg = ARCHITECTURES[model_name]
+    model = CLIP(random_params(cfg), cfg, get_backend(backend))
+    rng = np.random.default_rng(1)
+    rows = []
+    for batch in batches:
+        images = rng.standard_normal((batch, 3, cfg.image_size, cfg.image_size), dtype=np.float32)
+        # full-length texts: the worst case (77 tokens each)
+        tokens = tokenize([" ".join(["word"] * (cfg.context_length - 2))] * batch, cfg.context_length)
+        for kind, fn, flops in (("image", lambda x=images: model.encode_image(x), flops_per_image(cfg)),
+                                ("text", lambda x=tokens: model.encode_text(x), flops_per_text(cfg))):
+            seconds = _time(fn)
+            rows.append({"model": model_name, "backend": backend, "kind": kind, "batch": batch,
+                         "ms_per_batch": 1e3 * seconds, "items_per_s": batch / seconds,
+                         "gflops": flops * batch / seconds / 1e9})
+    return rows
+
+
+# Peak resident memory from /proc/self/status VmHWM (ru_maxrss would carry the parent's peak across exec).
+# Resident memory counts the weights' file pages once touched: they are shared with the page cache and
+# can be dropped by the kernel under pressure, unlike the float16 -> float32 copies.
+_LOAD_CHILD = """
+import json, sys, time
+import numpy as np
+import miniclip
+
+def peak_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+base = peak_mib()
+t0 = time.perf_counter()
+model, _ = miniclip.load(sys.argv[1], activation="quick_gelu")
+t1 = time.perf_counter()
+after_load = peak_mib()
+model.encode_image(np.zeros((1, 3, model.config.image_size, model.config.image_size), np.float32))
+print(json.dumps({"seconds": t1 - t0, "peak_mib_load": after_load - base,
+                  "peak_mib_first_image": peak_mib() - base}))
+"""
+
+
+def bench_load(model_name: str) -> list[dict]:
+    from safetensors.numpy import save_file
+
+    cfg = ARCHITECTURES[model_name]
+    params = random_params(cfg)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for layout in ("open_clip", "transformers"):
+            for dtype in (np.float32, np.float16):
+                tensors = {n: np.array(t, dtype=dtype, order="C") for n, t in params.items()}
+                if layout == "transformers":
+                    tensors = _to_transformers_names(tensors, cfg)
+                path = Path(tmp) / f"{layout}_{np.dtype(dtype).name}.safetensors"
+                save_file(tensors, str(path))
+                out = subprocess.run([sys.executable, "-c", _LOAD_CHILD, str(path)], capture_output=True,
+                                     text=True, check=True)
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append({"model": model_name, "layout": layout, "dtype": np.dtype(dtype).name,
+                             "file_mib": path.stat().st_size / 2**20, **result})
+                path.unlink()
+    return rows
+
+
+def _to_transformers_names(tensors: dict[str, np.ndarray], cfg: CLIPConfig) -> dict[str, np.ndarray]:
+    """Only for the load benchmark: the inverse of weights.from_transformers, checked by round trip."""
+    from .weights import _HF_BLOCK, _HF_TOP, _HF_TOWERS, _HF_TRANSPOSED, from_transformers
+
+    out = {hf: tensors[ours] for hf, ours in _HF_TOP.items()}
+    out |= {hf: np.ascontiguousarray(tensors[ours].T) for hf, ours in _HF_TRANSPOSED.items()}
+    for hf_tower, our_tower in _HF_TOWERS.items():
+        layers = cfg.vision_layers if our_tower.startswith("visual") else cfg.text_layers
+        for i in range(layers):
+            for hf, ours in _HF_BLOCK.items():
+                out[f"{hf_tower}.{i}.{hf}"] = tensors[f"{our_tower}.{i}.{ours}"]
+            for kind in ("weight", "bias"):
+                for letter, part in zip("qkv", np.split(tensors[f"{our_tower}.{i}.attn.in_proj_{kind}"], 3),
+                                        strict=True):
+                    out[f"{hf_tower}.{i}.self_attn.{letter}_proj.{kind}"] = np.ascontiguousarray(part)
+    assert from_transformers(out, "round trip").keys() == tensors.keys()
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}, "
+            f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m miniclip.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="ViT-B-32", choices=list(ARCHITECTURES))
+    parser.add_argument("--backend", nargs="+", default=["numpy"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--load", action="store_true", help="measure loading time and peak memory instead")
+    args = parser.parse_args(argv)
+    print(f"# {machine()}")
+    print(f"# {' '.join(['python -m miniclip.bench', *(argv if argv is not None else sys.argv[1:])])}")
+    if args.load:
+        print("| model | layout | file dtype | file MiB | load s | peak RSS after load, MiB | after first image, MiB |")
+        print("|---|---|---|---|---|---|---|")
+        for r in bench_load(args.model):
+            print(f"| {r['model']} | {r['layout']} | {r['dtype']} | {r['file_mib']:.0f} | {r['seconds']:.2f} | "
+                  f"{r['peak_mib_load']:.0f} | {r['peak_mib_first_image']:.0f} |")
+        return
+    print("| model | backend | input | batch | ms / batch | items / s | GFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
+    for backend in args.backend:
+        for r in bench_forward(args.model, backend, args.batch):
+            print(f"| {r['model']} | {r['backend']} | {r['kind']} | {r['batch']} | {r['ms_per_batch']:.1f} | "
+                  f"{r['items_per_s']:.1f} | {r['gflops']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
