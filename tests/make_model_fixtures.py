@@ -6,9 +6,7 @@ model.safetensors + config.json, open_clip `CLIP` for open_clip_model.safetensor
 seeded images and texts through it, and store the outputs. The weights themselves are not stored: the tests
 regenerate them from the seed and check their fingerprint.
 
-    python -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.14.1 torchvision==0.29.1 && \
-        /tmp/ref/bin/pip install transformers open_clip_torch ftfy safetensors pillow regex numba
-    PYTHONPATH=. /tmp/ref/bin/python tests/make_model_fixtures.py [ARCH ...]
+    PYTHONPATH=. ../refenv/bin/python tests/make_model_fixtures.py [ARCH ...]   (see tests/README.md)
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Needs torch, torchvision and open_clip_torch, so it is not run by CI; run it by hand when the test
 images change:
 
-    /work/refenv/bin/python tests/make_preprocess_fixtures.py
+    PYTHONPATH=. ../refenv/bin/python tests/make_preprocess_fixtures.py   (see tests/README.md)
 
 The reference transform is openai/CLIP's ``_transform(n_px)`` (clip/clip.py), rebuilt here from
 torchvision because the ``clip`` package itself is not installed; it is cross-checked against

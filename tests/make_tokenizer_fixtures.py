@@ -2,7 +2,7 @@
 
 Run with a Python environment that has open_clip_torch, torch and ftfy (NOT run by CI or pytest)::
 
-    /work/refenv/bin/python tests/make_tokenizer_fixtures.py
+    PYTHONPATH=. ../refenv/bin/python tests/make_tokenizer_fixtures.py   (see tests/README.md)
 
 It writes two files that tests/test_tokenizer.py reads:
 
@@ -12,7 +12,7 @@ It writes two files that tests/test_tokenizer.py reads:
 - ``tests/fixtures/tokenizer_open_clip.npz``: what open_clip's tokenizer makes of each text.
 
 The corpus is generated deterministically (fixed seed) from hand-written cases, the ImageNet class
-names and prompt templates of /work/shared/data/imagenet_prompts.json, and random mixtures. It is
+names and prompt templates of ../shared/data/imagenet_prompts.json (beside the repository), and random mixtures. It is
 committed, so the test reads exactly the strings this script tokenized; rerunning the script only
 matters after changing the corpus or upgrading open_clip/ftfy.
 """
@@ -35,7 +35,7 @@ from open_clip import tokenizer as oc_tokenizer
 HERE = Path(__file__).resolve().parent
 CORPUS_PATH = HERE / "data" / "tokenizer_corpus.txt"
 FIXTURE_PATH = HERE / "fixtures" / "tokenizer_open_clip.npz"
-IMAGENET_PATH = Path("/work/shared/data/imagenet_prompts.json")
+IMAGENET_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet_prompts.json"
 SEED = 20210226  # CLIP paper's arXiv date; any fixed number works
 
 # ------------------------------------------------------------------------------------------------
