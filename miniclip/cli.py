@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
@@ -23,8 +24,11 @@ from .model import CLIP, normalize
 
 WEIGHTS_ENV = "MINICLIP_WEIGHTS"
 
+# Modules that bring their own sub-commands: each defines `add_commands(subparsers)`.
+COMMAND_MODULES: tuple[str, ...] = ()
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=os.environ.get(WEIGHTS_ENV),
                    help=f"a .safetensors file or a directory holding one (default: ${WEIGHTS_ENV})")
     p.add_argument("--backend", default="numpy", choices=["auto", *BACKENDS], help="ops backend (default: numpy)")
@@ -33,7 +37,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
 
 
-def _load_model(args: argparse.Namespace) -> tuple[CLIP, object]:
+def load_model(args: argparse.Namespace) -> tuple[CLIP, object]:
     if not args.weights:
         raise MiniclipError(
             f"no weights given: pass --weights PATH or set ${WEIGHTS_ENV} to a CLIP .safetensors file or a "
@@ -42,7 +46,7 @@ def _load_model(args: argparse.Namespace) -> tuple[CLIP, object]:
     return load(args.weights, backend=args.backend, activation=args.activation)
 
 
-def _encode_images(model: CLIP, preprocess, paths: Sequence[str], batch_size: int) -> np.ndarray:  # -> [N, E]
+def encode_image_files(model: CLIP, preprocess, paths: Sequence[str], batch_size: int) -> np.ndarray:  # -> [N, E]
     if batch_size < 1:
         raise MiniclipError(f"--batch-size must be at least 1, got {batch_size}")
     features = []
@@ -61,9 +65,9 @@ def _encode_images(model: CLIP, preprocess, paths: Sequence[str], batch_size: in
 def cmd_classify(args: argparse.Namespace) -> None:
     if not args.labels:
         raise MiniclipError("give the candidate labels with --labels, e.g. --labels \"a diagram\" \"a dog\"")
-    model, preprocess = _load_model(args)
+    model, preprocess = load_model(args)
     text_features = normalize(model.encode_text(tokenize(args.labels, model.config.context_length)))
-    image_features = normalize(_encode_images(model, preprocess, args.images, args.batch_size))
+    image_features = normalize(encode_image_files(model, preprocess, args.images, args.batch_size))
     logits = np.exp(model.logit_scale) * image_features @ text_features.T  # [N_images, N_labels]
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
@@ -78,9 +82,9 @@ def cmd_classify(args: argparse.Namespace) -> None:
 def cmd_embed(args: argparse.Namespace) -> None:
     if bool(args.images) == bool(args.texts):
         raise MiniclipError("give either --images or --texts")
-    model, preprocess = _load_model(args)
+    model, preprocess = load_model(args)
     if args.images:
-        features = _encode_images(model, preprocess, args.images, args.batch_size)
+        features = encode_image_files(model, preprocess, args.images, args.batch_size)
     else:
         features = model.encode_text(tokenize(args.texts, model.config.context_length, truncate=args.truncate))
     if args.normalize:
@@ -98,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="candidate descriptions, e.g. \"a dog\"")
     p.add_argument("--top", type=int, help="show only the K most probable labels per image")
-    _add_model_options(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("embed", help="write image or text embeddings to a .npy file")
@@ -107,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npy file: float32 [N, embed_dim]")
     p.add_argument("--normalize", action="store_true", help="L2-normalize each embedding")
     p.add_argument("--truncate", action="store_true", help="cut texts longer than the context length")
-    _add_model_options(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_embed)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
