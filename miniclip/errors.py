@@ -16,3 +16,9 @@ class ImageError(MiniclipError, ValueError):
 
 class TokenizerError(MiniclipError, ValueError):
     """Text that cannot be tokenized as asked, e.g. longer than the context length with truncate=False."""
+
+
+class DownloadError(MiniclipError, OSError):
+    """Published weights that could not be fetched or are not on disk: hub unreachable, unknown repo or file
+    (404), access refused (401/403: gated or private, see HF_TOKEN), checksum mismatch, disk full, or a model
+    asked for offline that was never downloaded. The message says what to do next."""

@@ -34,21 +34,27 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
     return listify(tree)
 
 
-def residual_attention_block(x, ln_1, attn, ln_2, mlp, *, n_head, causal, act, eps, ops):  # [B, T, D] -> same
+def residual_attention_block(x, ln_1, attn, ln_2, mlp, *, n_head, causal, act, eps, ops,
+                             keep=None):  # [B, T, D] -> [B, T, D] (or [B, T_keep, D])
     """Pre-LN transformer block (OpenAI clip/model.py ResidualAttentionBlock):
-    x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    x + attn(ln_1(x)), then x + mlp(ln_2(x)). `keep` (a slice of token positions) computes the output of
+    those tokens only, when nothing reads the others: every token is still attended to."""
     h = ops.layer_norm(x, **ln_1, eps=eps)
     qkv = ops.linear(h, attn["in_proj_weight"], attn["in_proj_bias"])  # [B, T, D] -> [B, T, 3D]
     h = ops.attention(qkv, n_head, causal)  # [B, T, 3D] -> [B, T, D]
-    x = x + ops.linear(h, **attn["out_proj"])  # [B, T, D]
+    if keep is not None:  # after attention, tokens no longer mix: the rest of the block is per token
+        x, h = x[:, keep], h[:, keep]
+    x = ops.linear(h, **attn["out_proj"], residual=x)  # x + out_proj(h): [B, T, D]
     h = ops.layer_norm(x, **ln_2, eps=eps)
-    h = ops.activation(ops.linear(h, **mlp["c_fc"]), act)  # [B, T, D] -> [B, T, F]
-    return x + ops.linear(h, **mlp["c_proj"])  # [B, T, F] -> [B, T, D]
+    h = ops.linear(h, **mlp["c_fc"], act=act)  # act(c_fc(h)): [B, T, D] -> [B, T, F]
+    return ops.linear(h, **mlp["c_proj"], residual=x)  # x + c_proj(h): [B, T, F] -> [B, T, D]
 
 
-def transformer(x, resblocks, **block_kwargs):  # [B, T, D] -> [B, T, D]
-    for block in resblocks:
-        x = residual_attention_block(x, **block, **block_kwargs)
+def transformer(x, resblocks, keep_last=None, **block_kwargs):  # [B, T, D] -> [B, T, D]
+    """The blocks in turn; `keep_last` limits the last block's output to those token positions."""
+    for i, block in enumerate(resblocks):
+        keep = keep_last if i == len(resblocks) - 1 else None
+        x = residual_attention_block(x, **block, keep=keep, **block_kwargs)
     return x
 
 
@@ -71,8 +77,10 @@ def vision_transformer(images, visual, cfg: CLIPConfig, ops):  # [B, 3, S, S] ->
     x = np.concatenate([cls, x], axis=1)  # prepend the class token: [B, 1 + N, D]
     x = x + visual["positional_embedding"]  # learned position of every token: [1 + N, D]
     x = ops.layer_norm(x, **visual["ln_pre"], eps=cfg.layer_norm_eps)
-    x = transformer(x, visual["transformer"]["resblocks"], n_head=cfg.vision_heads, causal=False,
-                    act=cfg.activation, eps=cfg.layer_norm_eps, ops=ops)
+    # Only the class token is read after the last block (by ln_post), so that block's out_proj and MLP
+    # run on it alone (keep_last): an exact shortcut, as tokens do not mix after attention.
+    x = transformer(x, visual["transformer"]["resblocks"], keep_last=slice(0, 1), n_head=cfg.vision_heads,
+                    causal=False, act=cfg.activation, eps=cfg.layer_norm_eps, ops=ops)
     x = ops.layer_norm(x[:, 0, :], **visual["ln_post"], eps=cfg.layer_norm_eps)  # the class token: [B, D]
     return ops.linear(x, visual["proj"].T)  # [B, D] -> [B, E]; proj is stored [D, E]
 
@@ -80,13 +88,17 @@ def vision_transformer(images, visual, cfg: CLIPConfig, ops):  # [B, 3, S, S] ->
 def text_transformer(tokens, p, cfg: CLIPConfig, ops):  # [B, T] -> [B, E]
     """The text encoder: a GPT-2-style transformer with a causal mask (section 2.4); the text's feature is
     the final activation at its end-of-text token, the largest token id (OpenAI's `text.argmax(-1)`)."""
-    T = tokens.shape[1]
+    eot = tokens.argmax(axis=-1)  # [B]: position of each text's end token
+    # Exact shortcut: with the causal mask no position sees a later one, so positions after the batch's last
+    # end token cannot change any pooled feature: drop them (77 -> ~10-20 tokens for typical captions).
+    T = int(eot.max()) + 1
+    tokens = tokens[:, :T]
     x = p["token_embedding"]["weight"][tokens]  # [B, T] -> [B, T, D]
     x = x + p["positional_embedding"][:T]  # [T, D]
     x = transformer(x, p["transformer"]["resblocks"], n_head=cfg.text_heads, causal=True,
                     act=cfg.activation, eps=cfg.layer_norm_eps, ops=ops)
     x = ops.layer_norm(x, **p["ln_final"], eps=cfg.layer_norm_eps)
-    x = x[np.arange(x.shape[0]), tokens.argmax(axis=-1)]  # [B, T, D] -> [B, D] at each end token
+    x = x[np.arange(x.shape[0]), eot]  # [B, T, D] -> [B, D] at each end token
     return ops.linear(x, p["text_projection"].T)  # [B, D] -> [B, E]; text_projection is stored [D, E]
 
 

@@ -14,10 +14,19 @@ import numpy as np
 name = "numpy"
 
 
-def linear(x, weight, bias=None):  # [..., D_in], [D_out, D_in], [D_out] -> [..., D_out]
-    """PyTorch's nn.Linear: weights are stored [out, in], as in every CLIP checkpoint."""
-    y = x @ weight.T
-    return y if bias is None else y + bias
+def linear(x, weight, bias=None, *, act=None, residual=None):  # [..., D_in], [D_out, D_in], [D_out] -> [..., D_out]
+    """PyTorch's nn.Linear (weights stored [out, in], as in every CLIP checkpoint), optionally followed by an
+    activation (`act`: "quick_gelu" or "gelu") or added to a residual stream (`residual`, shaped like the
+    output): the two things that always follow a linear layer in CLIP, so that fast backends can fuse them.
+    The leading axes are flattened so that BLAS sees one large matrix product, not one per batch item."""
+    y = (x.reshape(-1, x.shape[-1]) @ weight.T).reshape(*x.shape[:-1], weight.shape[0])
+    if bias is not None:
+        y = y + bias
+    if act is not None:
+        y = activation(y, act)
+    if residual is not None:
+        y = residual + y
+    return y
 
 
 def layer_norm(x, weight, bias, eps=1e-5):  # [..., D], [D], [D] -> [..., D]
