@@ -171,12 +171,14 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m miniclip.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="ViT-B-32", choices=list(ARCHITECTURES))
-    parser.add_argument("--backend", nargs="+", default=["numpy"])
+    parser.add_argument("--backend", nargs="+", default=["numpy", "numba"])
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--load", action="store_true", help="measure loading time and peak memory instead")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    print(f"# {machine()}")
-    print(f"# {' '.join(['python -m miniclip.bench', *(argv if argv is not None else sys.argv[1:])])}")
+    if not args.worker:
+        print(f"# {machine()}")
+        print(f"# {' '.join(['python -m miniclip.bench', *(argv if argv is not None else sys.argv[1:])])}")
     if args.load:
         print("| model | layout | file dtype | file MiB | load s | peak RSS after load, MiB | after first image, MiB |")
         print("|---|---|---|---|---|---|---|")
@@ -184,10 +186,19 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {r['model']} | {r['layout']} | {r['dtype']} | {r['file_mib']:.0f} | {r['seconds']:.2f} | "
                   f"{r['peak_mib_load']:.0f} | {r['peak_mib_first_image']:.0f} |")
         return
+    if args.worker:  # one backend, in this process: print the rows as JSON for the parent
+        print(json.dumps(bench_forward(args.model, args.backend[0], args.batch)))
+        return
     print("| model | backend | input | batch | ms / batch | items / s | GFLOP/s |")
     print("|---|---|---|---|---|---|---|")
-    for backend in args.backend:
-        for r in bench_forward(args.model, backend, args.batch):
+    for backend in args.backend:  # each backend in a fresh process: no thread pool or cache carries over
+        command = [sys.executable, "-m", "miniclip.bench", "--worker", "--model", args.model, "--backend", backend,
+                   "--batch", *map(str, args.batch)]
+        out = subprocess.run(command, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"| {args.model} | {backend} | failed: {out.stderr.strip().splitlines()[-1:]} |||||")
+            continue
+        for r in json.loads(out.stdout.strip().splitlines()[-1]):
             print(f"| {r['model']} | {r['backend']} | {r['kind']} | {r['batch']} | {r['ms_per_batch']:.1f} | "
                   f"{r['items_per_s']:.1f} | {r['gflops']:.0f} |")
 

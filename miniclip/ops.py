@@ -63,8 +63,8 @@ def attention(qkv, n_head, causal):  # [B, T, 3D] -> [B, T, D]
 
 def quick_gelu(x):  # [...] -> [...]
     """x * sigmoid(1.702 x): OpenAI's cheap GELU approximation (clip/model.py QuickGELU), which the OpenAI
-    weights were trained with. sigmoid(z) = (1 + tanh(z / 2)) / 2, written so that it cannot overflow."""
-    return x * (0.5 + 0.5 * np.tanh(0.851 * x))
+    weights were trained with. The exponent is clipped at 88 so e^z stays finite (x / huge is ~0 anyway)."""
+    return x / (1.0 + np.exp(np.minimum(-1.702 * x, 88.0)))
 
 
 def erfc(x):  # [...] -> [...]

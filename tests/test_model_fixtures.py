@@ -12,6 +12,7 @@ from conftest import FIXTURES, record
 from seeded import ARCHS, TEXTS, fingerprint, seeded_images
 
 import miniclip
+from miniclip.backends import BACKENDS, get_backend
 
 EMBED_RTOL = 1e-4
 LOGIT_ATOL = 1e-3
@@ -58,12 +59,13 @@ def test_tokenize_gives_the_reference_tokens(name):
     np.testing.assert_array_equal(tokens, ref["tokens"])
 
 
+@pytest.mark.parametrize("backend", list(BACKENDS))
 @pytest.mark.parametrize("name", list(ARCHS))
-def test_matches_reference_in_its_own_layout(name, checkpoint):
+def test_matches_reference_in_its_own_layout(name, backend, checkpoint):
     """Each architecture loaded from the layout its reference read, with that layout's config file."""
-    model, preprocess = miniclip.load(checkpoint(name))
+    model, preprocess = miniclip.load(checkpoint(name), backend=backend)
     assert model.config == ARCHS[name].config
-    check_against_fixture(model, name, f"{name} ({ARCHS[name].layout})")
+    check_against_fixture(model, name, f"{name} ({ARCHS[name].layout}, {backend})")
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
@@ -84,11 +86,13 @@ def test_matches_reference_from_the_other_layout_without_config(name, checkpoint
         assert inferred.vision_heads == max(1, arch.config.vision_width // 64)
 
 
-def test_hidden_states_match_transformers_layer_by_layer(checkpoint):
-    """Frozen reference activations at every stage (llm.c style): embeddings, each block's output, and
-    the attention probabilities of each layer, for both towers of the odd-sized model."""
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_hidden_states_match_transformers_layer_by_layer(checkpoint, backend):
+    """Frozen reference activations at every stage (llm.c style): embeddings and each block's output, for
+    both towers of the odd-sized model, with every backend's ops."""
     from miniclip import model as m
-    from miniclip import ops
+
+    ops = get_backend(backend)
 
     ref = fixture("odd_hf")
     clip, _ = miniclip.load(checkpoint("odd_hf"))
@@ -107,7 +111,7 @@ def test_hidden_states_match_transformers_layer_by_layer(checkpoint):
                                                  **kwargs))
     for i, h in enumerate(hidden):
         err = np.abs(h - ref["vision_hidden_states"][i]).max()
-        record("odd_hf / vision hidden state (abs)", err)
+        record(f"odd_hf / vision hidden state (abs, {backend})", err)
         assert err < 1e-4, f"vision hidden state {i}: {err}"
 
     tokens = ref["tokens"].astype(np.int64)
@@ -117,7 +121,7 @@ def test_hidden_states_match_transformers_layer_by_layer(checkpoint):
         hidden.append(m.residual_attention_block(hidden[-1], **block, n_head=cfg.text_heads, causal=True, **kwargs))
     for i, h in enumerate(hidden):
         err = np.abs(h - ref["text_hidden_states"][i]).max()
-        record("odd_hf / text hidden state (abs)", err)
+        record(f"odd_hf / text hidden state (abs, {backend})", err)
         assert err < 1e-4, f"text hidden state {i}: {err}"
 
 

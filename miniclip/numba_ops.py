@@ -1,0 +1,246 @@
+"""The Numba backend: the ops of ops.py, fused into fewer passes over memory and run on all cores.
+
+Same functions, same signatures, same results (to float32 rounding) as the NumPy reference in ops.py,
+which stays the spec; tests/test_numba_ops.py checks every kernel against it. What changes is *how*:
+
+- `linear` lets BLAS (or the teaching GEMM in gemm.py, whichever was measured faster on this machine) do
+  the matrix product, then adds the bias and applies the activation or the residual in one pass over the
+  output while it is still in cache, instead of NumPy's two or three full passes with temporaries.
+- the activations use `exp` written as 2^n * e^r (below), which LLVM vectorizes; Numba's `math.exp`
+  without Intel's SVML library is a scalar call per element and would be slower than NumPy.
+- `attention` works on one (batch item, head) pair at a time, reading q, k and v in place from the
+  stacked [B, T, 3D] projection and writing its [T, d] slice of the [B, T, D] output: no head split or
+  merge copies, and the [T, T] scores of one head live in cache instead of a [B, H, T, T] array.
+
+Kernels compile on first use (never at import) and are cached on disk (`cache=True`), so only the first
+process on a machine pays the compilation (a few seconds).
+
+Threads: Numba's pool and OpenBLAS's pool take turns on the same cores. With Numba's OpenMP layer a
+kernel launched right after a BLAS call was measured 5x slower (the BLAS threads were still spinning), so
+unless NUMBA_THREADING_LAYER is set we choose the "workqueue" layer, which has no such fight. The thread
+count follows NUMBA_NUM_THREADS, or `set_threads` (the `threads=` argument of miniclip.load).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from . import gemm
+
+name = "numba"
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+# Allow LLVM to reorder float sums (needed to vectorize reductions) and to fuse multiply-adds; NaN/inf
+# semantics are kept (no "fast" flag), so bad inputs still show up as NaN.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+ACTIVATIONS = {"quick_gelu": 0, "gelu": 1}
+ROWS_PER_TASK = 8  # rows of a [M, N] array handled by one parallel task (scratch buffers are per task)
+
+
+def set_threads(n: int) -> None:
+    """Threads for the Numba kernels (at most NUMBA_NUM_THREADS, the pool's size)."""
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# exp, vectorizable: e^v = 2^n * e^r with n = round(v / ln 2) and r = v - n ln 2 in [-ln2/2, ln2/2].
+# e^r is a degree-7 Taylor polynomial (error r^8/8! < 6e-9, below float32's rounding); 2^n is built
+# directly as the bits of a float32 (exponent field n + 127), so no call to a scalar exp is needed.
+
+LOG2E = np.float32(1.4426950408889634)
+LN2_HI = np.float32(0.693359375)  # ln 2 = LN2_HI + LN2_LO, split so that n * LN2_HI is exact (Cody-Waite)
+LN2_LO = np.float32(-2.12194440e-4)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def exp_inplace(v, bits):  # v: float32[n] (overwritten with e^v), bits: int32[>= n] scratch
+    for i in range(v.shape[0]):
+        x = min(max(v[i], np.float32(-87.0)), np.float32(88.0))  # e^x stays a normal float32
+        n = np.floor(x * LOG2E + np.float32(0.5))
+        r = x - n * LN2_HI - n * LN2_LO
+        p = np.float32(1 / 5040)
+        p = p * r + np.float32(1 / 720)
+        p = p * r + np.float32(1 / 120)
+        p = p * r + np.float32(1 / 24)
+        p = p * r + np.float32(1 / 6)
+        p = p * r + np.float32(0.5)
+        p = p * r + np.float32(1.0)
+        v[i] = p * r + np.float32(1.0)
+        bits[i] = (np.int32(n) + 127) << 23
+    two_n = bits.view(np.float32)  # the same bits read as floats: 2^n
+    for i in range(v.shape[0]):
+        v[i] *= two_n[i]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Epilogues of linear: y = act(y + bias) or y = residual + (y + bias), in place on the GEMM output.
+
+# erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2), z >= 0: the same Numerical Recipes fit as ops.erfc
+ERFC_C = np.array([-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+                   0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277], dtype=np.float32)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def bias_activation(y, bias, kind):  # [M, N] in place, [N], 0 = quick_gelu / 1 = gelu
+    M, N = y.shape
+    c = ERFC_C
+    for task in prange((M + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        e = np.empty(N, np.float32)  # per-task scratch: exp arguments, then their exp
+        t = np.empty(N, np.float32)
+        bits = np.empty(N, np.int32)
+        for i in range(task * ROWS_PER_TASK, min(M, (task + 1) * ROWS_PER_TASK)):
+            row = y[i]
+            if kind == 0:  # quick_gelu: x * sigmoid(1.702 x) = x / (1 + e^(-1.702 x))
+                for j in range(N):
+                    row[j] += bias[j]
+                    e[j] = np.float32(-1.702) * row[j]
+                exp_inplace(e, bits)
+                for j in range(N):
+                    row[j] = row[j] / (np.float32(1.0) + e[j])
+            else:  # gelu: x * Phi(x) = x/2 * erfc(-x / sqrt 2)
+                for j in range(N):
+                    row[j] += bias[j]
+                    z = abs(row[j]) * np.float32(0.7071067811865476)
+                    tj = np.float32(1.0) / (np.float32(1.0) + np.float32(0.5) * z)
+                    p = c[9]
+                    for k in range(8, -1, -1):
+                        p = c[k] + tj * p
+                    t[j] = tj
+                    e[j] = -z * z + p
+                exp_inplace(e, bits)
+                for j in range(N):
+                    erfc_abs = t[j] * e[j]  # erfc(|x| / sqrt 2)
+                    phi2 = erfc_abs if row[j] < 0 else np.float32(2.0) - erfc_abs  # 2 Phi(x)
+                    row[j] = np.float32(0.5) * row[j] * phi2
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def bias_residual(y, bias, residual):  # [M, N] in place, [N], [M, N]: y = residual + (y + bias)
+    M, N = y.shape
+    for i in prange(M):
+        for j in range(N):
+            y[i, j] = residual[i, j] + (y[i, j] + bias[j])
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def add_bias(y, bias):  # [M, N] in place, [N]
+    M, N = y.shape
+    for i in prange(M):
+        for j in range(N):
+            y[i, j] += bias[j]
+
+
+def linear(x, weight, bias=None, *, act=None, residual=None):  # [..., D_in], [D_out, D_in], [D_out] -> [..., D_out]
+    D_out = weight.shape[0]
+    y = gemm.matmul_nt(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), weight)  # [M, D_out], new array
+    if act is not None:
+        bias_activation(y, bias if bias is not None else np.zeros(D_out, np.float32), ACTIVATIONS[act])
+    elif residual is not None:
+        bias_residual(y, bias if bias is not None else np.zeros(D_out, np.float32),
+                      np.ascontiguousarray(residual.reshape(-1, D_out)))
+    elif bias is not None:
+        add_bias(y, bias)
+    return y.reshape(*x.shape[:-1], D_out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# LayerNorm: one pass for the mean, one for the variance, one to normalize, per row while in cache.
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def layer_norm_rows(x, weight, bias, eps, out):  # [M, D], [D], [D], float, [M, D]
+    M, D = x.shape
+    for i in prange(M):
+        row = x[i]
+        mean = np.float32(0.0)
+        for j in range(D):
+            mean += row[j]
+        mean /= D
+        var = np.float32(0.0)
+        for j in range(D):
+            var += (row[j] - mean) * (row[j] - mean)
+        rstd = np.float32(1.0) / np.sqrt(var / D + np.float32(eps))
+        for j in range(D):
+            out[i, j] = (row[j] - mean) * rstd * weight[j] + bias[j]
+
+
+def layer_norm(x, weight, bias, eps=1e-5):  # [..., D], [D], [D] -> [..., D]
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+    out = np.empty_like(x2)
+    layer_norm_rows(x2, weight, bias, eps, out)
+    return out.reshape(x.shape)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention, one (batch item, head) per task, in numbered passes as in ops.attention.
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def attention_heads(qkv, n_head, causal, out):  # [B, T, 3D], int, bool, [B, T, D] written
+    B, T, three_D = qkv.shape
+    D = three_D // 3
+    d = D // n_head
+    scale = np.float32(1.0 / np.sqrt(d))
+    src, dst = qkv.reshape(-1), out.reshape(-1)  # flat views: plain integer offsets vectorize best
+    for task in prange(B * n_head):
+        b, h = task // n_head, task % n_head
+        # 1. gather this head's q (pre-scaled by 1/sqrt d), k and v^T from the stacked projection into
+        #    small contiguous buffers (T x d each: cheap next to the T x T x d products below)
+        q = np.empty((T, d), np.float32)
+        k = np.empty((T, d), np.float32)
+        vt = np.empty((d, T), np.float32)
+        for t in range(T):
+            row = (b * T + t) * three_D + h * d  # offset of q[t] in qkv; k[t] and v[t] follow at +D, +2D
+            for c in range(d):
+                q[t, c] = src[row + c] * scale
+                k[t, c] = src[row + D + c]
+                vt[c, t] = src[row + 2 * D + c]
+        # 2. scores = q @ k^T: [T, T], with the register-tiled kernel of gemm.py
+        scores = np.empty((T, T), np.float32)
+        gemm.gemm_block(q, k, scores, 0, T, 0, T)
+        bits = np.empty(T, np.int32)
+        for i in range(T):
+            s = scores[i]
+            # 3. causal mask: query i sees keys 0..i only; the others get probability exactly 0
+            n_keys = i + 1 if causal else T
+            for j in range(n_keys, T):
+                s[j] = -np.inf
+            # 4. softmax over each row
+            m = s[0]
+            for j in range(1, n_keys):
+                m = max(m, s[j])
+            for j in range(T):
+                s[j] -= m
+            exp_inplace(s, bits)  # e^-inf comes out as e^-87 (clamped): set to 0 just below
+            total = np.float32(0.0)
+            for j in range(n_keys):
+                total += s[j]
+            inv = np.float32(1.0) / total
+            for j in range(T):
+                s[j] = s[j] * inv if j < n_keys else np.float32(0.0)
+        # 5. out = probabilities @ v: [T, d], written straight into this head's columns of [B, T, D]
+        o = np.empty((T, d), np.float32)
+        gemm.gemm_block(scores, vt, o, 0, T, 0, d)
+        for t in range(T):
+            row = (b * T + t) * D + h * d
+            for c in range(d):
+                dst[row + c] = o[t, c]
+
+
+def attention(qkv, n_head, causal):  # [B, T, 3D] -> [B, T, D]
+    qkv = np.ascontiguousarray(qkv)
+    B, T, three_D = qkv.shape
+    out = np.empty((B, T, three_D // 3), np.float32)
+    attention_heads(qkv, n_head, causal, out)
+    return out
+
+
+def activation(x, kind):  # [...] -> [...]
+    y = np.array(x, dtype=np.float32, order="C")
+    y2 = y.reshape(-1, y.shape[-1]) if y.ndim else y.reshape(1, 1)
+    bias_activation(y2, np.zeros(y2.shape[1], np.float32), ACTIVATIONS[kind])
+    return y
