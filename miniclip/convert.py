@@ -1,0 +1,162 @@
+"""Half-size copies of checkpoints: `miniclip convert SRC DST --dtype float16|bfloat16`.
+
+The copy keeps the file's layout and tensor names (so transformers, open_clip and miniclip all read it as
+they read the original), converts every floating-point tensor to the new dtype, leaves integer tensors
+(transformers' `position_ids`) as they are, and copies the config file beside it. miniclip still
+computes in float32: loading widens each tensor once, so the cost is only the rounding of the weights
+(docs/performance.md, "float16/bfloat16 storage", states what it does to the outputs).
+
+`safetensors.numpy` cannot write bfloat16 (NumPy has no such dtype), so the file is written here, following
+the format (https://github.com/huggingface/safetensors, "Format"): an 8-byte little-endian header length N,
+N bytes of JSON header (padded with spaces so the data start at a multiple of 8), then each tensor's raw
+little-endian bytes at its `data_offsets`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MiniclipError, WeightsError
+from .hub import resolve_source
+from .registry import LAYOUTS, format_size
+from .safetensors_file import read_header, read_safetensors
+from .weights import detect_layout, find_weights_file
+
+DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # --dtype -> safetensors dtype name
+_STORED = {"F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F32": np.dtype("<f4")}  # bf16: raw bit patterns
+_BLOCK = 1 << 22  # elements converted at a time: bounded temporaries even for the 38M-entry token embedding
+
+
+def float32_to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest, ties to even (what PyTorch's
+    `.to(torch.bfloat16)` does). bfloat16 is the top half of a float32: add just under half of the dropped
+    half's range, plus the kept part's lowest bit (so that exact ties go to the even neighbour), then drop it."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16))
+    out = rounded.astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():  # rounding could carry a NaN's payload into the exponent: keep the sign, make it a quiet NaN
+        out[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
+    return out
+
+
+def _convert_block(name: str, x: np.ndarray, target: str) -> np.ndarray:
+    if target == "F32":
+        return x.astype("<f4")
+    with np.errstate(over="ignore"):  # overflow is detected below, with a message saying what to do
+        out = float32_to_bfloat16_bits(x) if target == "BF16" else x.astype("<f2")
+    widened = (out.astype(np.uint32) << 16).view(np.float32) if target == "BF16" else out.astype(np.float32)
+    overflow = np.isinf(widened) & np.isfinite(x)
+    if overflow.any():
+        biggest = float(np.abs(x[overflow]).max())
+        raise MiniclipError(f"tensor {name!r} holds {biggest:.4g}, beyond the range of float16 (which ends at "
+                            "65504): use --dtype bfloat16, which has float32's range")
+    return out
+
+
+def _blocks(name: str, tensor: np.ndarray, target: str | None) -> Iterator[bytes | memoryview]:
+    """The bytes of one tensor in its new dtype, a block at a time (the source stays memory-mapped)."""
+    flat = tensor.reshape(-1)
+    if target is None:  # not floating point: unchanged
+        yield memoryview(np.ascontiguousarray(flat).astype(flat.dtype.newbyteorder("<"), copy=False)).cast("B")
+        return
+    for start in range(0, flat.size, _BLOCK):
+        yield memoryview(_convert_block(name, flat[start:start + _BLOCK], target)).cast("B")
+
+
+def _raw_metadata(path: Path) -> dict:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n)).get("__metadata__") or {}
+
+
+def write_converted(src: Path, dst: Path, dtype: str) -> tuple[int, dict[str, int]]:
+    """Write `src`'s tensors to `dst` with every float tensor in `dtype` (a key of DTYPES). Returns the
+    file size and how many tensors each stored dtype ended up with."""
+    target = DTYPES[dtype]
+    stored, _, _ = read_header(src)  # stored dtypes, to tell float tensors from integer ones
+    tensors = read_safetensors(src)  # float32 views of float tensors (memory-mapped when stored float32)
+    header: dict[str, object] = {"__metadata__": {"format": "pt", **_raw_metadata(src)}}
+    plan, offset, counts = [], 0, {}
+    for name, tensor in tensors.items():  # the source's order
+        is_float = stored[name]["dtype"] in ("F32", "F16", "BF16", "F64")
+        out_name = target if is_float else stored[name]["dtype"]
+        itemsize = _STORED[target].itemsize if is_float else tensor.dtype.itemsize
+        size = math.prod(tensor.shape) * itemsize
+        header[name] = {"dtype": out_name, "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        plan.append((name, tensor, target if is_float else None, size))
+        counts[out_name] = counts.get(out_name, 0) + 1
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)  # pad so the data (and every 8-byte-aligned offset) start aligned
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(len(text).to_bytes(8, "little"))
+            f.write(text)
+            for name, tensor, to, size in plan:
+                written = sum(f.write(block) for block in _blocks(name, tensor, to))
+                assert written == size, (name, written, size)
+        os.replace(tmp, dst)  # atomic: no half-written file under the final name
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst.stat().st_size, counts
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float16") -> Path:
+    """Convert a checkpoint (a .safetensors file, a directory holding one, or a model name / hub repo id,
+    downloaded if need be) to `dtype`, keeping its layout. `dst` is a directory (the file keeps its name) or
+    a .safetensors path; the config file beside the source is copied beside the result. Returns the new
+    weights file."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    src_file = find_weights_file(resolve_source(src))
+    header, _, _ = read_header(src_file)
+    layout = detect_layout(dict.fromkeys(header), str(src_file))
+    dst = Path(dst).expanduser()
+    dst_file = dst if dst.suffix == ".safetensors" else dst / src_file.name
+    if dst_file.resolve() == src_file.resolve():
+        raise WeightsError(f"{dst_file}: the destination is the source file; give another directory or name")
+    dst_file.parent.mkdir(parents=True, exist_ok=True)
+    write_converted(src_file, dst_file, dtype)
+    config_name = LAYOUTS[layout][1]
+    config = src_file.parent / config_name
+    if config.is_file():
+        target_config = dst_file.parent / config_name
+        if target_config.resolve() != config.resolve():
+            shutil.copyfile(config, target_config)
+            if layout == "transformers":  # transformers reads the storage dtype from here (torch_dtype="auto")
+                data = json.loads(target_config.read_text(encoding="utf-8"))
+                for key in ("torch_dtype", "dtype"):
+                    if key in data:
+                        data[key] = dtype
+                target_config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return dst_file
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    src_file = find_weights_file(resolve_source(args.src))
+    out = convert(src_file, args.dst, args.dtype)
+    before, after = src_file.stat().st_size, out.stat().st_size
+    print(f"wrote {out}: {format_size(after)} in {args.dtype} (was {format_size(before)}, "
+          f"{after / before:.0%}); load it as before, miniclip computes in float32")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="write a float16/bfloat16 copy of a checkpoint (half the disk)",
+                       description="Convert every floating-point tensor of a .safetensors checkpoint to float16 "
+                       "or bfloat16, keeping its layout and names, and copy its config file beside the copy.")
+    p.add_argument("src", metavar="SRC", help="a .safetensors file, a directory holding one, or a model name")
+    p.add_argument("dst", metavar="DST", help="output directory (the file keeps its name) or .safetensors path")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float16",
+                   help="float16 (default: 10-bit mantissa, range to 65504) or bfloat16 (8-bit mantissa, "
+                        "float32's range)")
+    p.set_defaults(func=cmd_convert)

@@ -1,0 +1,164 @@
+"""The published CLIP checkpoints miniclip knows by name, read from `miniclip/models.json`.
+
+Naming scheme (shown by `miniclip models`):
+
+    ViT-B-32                        OpenAI's weights, open_clip layout (hub repo timm/vit_base_patch32_clip_224.openai)
+    ViT-B-32-hf                     the same weights, transformers layout (hub repo openai/clip-vit-base-patch32)
+    ViT-B-32-laion2b_s34b_b79k      another training run: open_clip's architecture name + its pretrained tag
+    ViT-B-32-laion2b_s34b_b79k-hf   ... in the transformers layout
+
+so the bare architecture name is OpenAI's CLIP, as in openai/CLIP's `clip.load`, whose own spellings
+("ViT-B/32", "ViT-L/14@336px") are accepted as aliases, as is open_clip's name + tag ("ViT-B-32-openai").
+Names are matched case-insensitively. A hub repo id (`owner/name`) of a registry entry selects that entry
+(its open_clip-layout one first); other repo ids are handled by miniclip/hub.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ACTIVATIONS
+from .errors import MiniclipError
+
+REGISTRY_FILE = Path(__file__).resolve().parent / "models.json"
+LAYOUTS = {"open_clip": ("open_clip_model.safetensors", "open_clip_config.json"),
+           "transformers": ("model.safetensors", "config.json")}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One published checkpoint: where it lives on the hub and what is known about it."""
+
+    name: str
+    repo: str  # hub repo id, "owner/name"
+    layout: str  # "open_clip" or "transformers"
+    weights_file: str
+    config_file: str
+    activation: str  # what the weights were trained with; checked against the downloaded config
+    image_size: int
+    size_bytes: int  # of the weights file (approximate unless size_exact)
+    size_exact: bool
+    license: str
+    imagenet_top1: float | None  # zero-shot ImageNet-1k top-1, %, from open_clip's results table
+    imagenet_top1_paper: float | None = None  # openai's published figure (OpenAI weights only)
+    sha256: Mapping[str, str | None] = field(default_factory=dict)  # file name -> hex digest, or None if unknown
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    revision: str = "main"
+
+    @property
+    def files(self) -> tuple[str, str]:
+        """The files to download, config first: the weights file's presence then means both are there."""
+        return self.config_file, self.weights_file
+
+
+def _parse(name: str, d: dict) -> ModelInfo:
+    where = f"{REGISTRY_FILE.name}: model {name!r}"
+    try:
+        info = ModelInfo(name=name, repo=d["repo"], layout=d["layout"], weights_file=d["weights_file"],
+                         config_file=d["config_file"], activation=d["activation"], image_size=int(d["image_size"]),
+                         size_bytes=int(d["size_bytes"]), size_exact=bool(d["size_exact"]), license=d["license"],
+                         imagenet_top1=d.get("imagenet_top1"), imagenet_top1_paper=d.get("imagenet_top1_paper"),
+                         sha256=dict(d.get("sha256") or {}), aliases=tuple(d.get("aliases") or ()),
+                         description=d.get("description", ""), revision=d.get("revision", "main"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise MiniclipError(f"{where}: missing or malformed field {e}") from e
+    if info.layout not in LAYOUTS:
+        raise MiniclipError(f"{where}: layout must be one of {', '.join(LAYOUTS)}, got {info.layout!r}")
+    if (info.weights_file, info.config_file) != LAYOUTS[info.layout]:
+        raise MiniclipError(f"{where}: the {info.layout} layout's files are {LAYOUTS[info.layout]}")
+    if info.activation not in ACTIVATIONS:
+        raise MiniclipError(f"{where}: activation must be one of {ACTIVATIONS}, got {info.activation!r}")
+    if info.repo.count("/") != 1:
+        raise MiniclipError(f"{where}: repo must be 'owner/name', got {info.repo!r}")
+    for file, digest in info.sha256.items():
+        if file not in info.files or not (digest is None or _SHA256.match(digest)):
+            raise MiniclipError(f"{where}: sha256 of {file!r} must be null or 64 lower-case hex digits "
+                                "and name one of its files")
+    return info
+
+
+_MODELS: dict[str, ModelInfo] | None = None
+
+
+def models() -> dict[str, ModelInfo]:
+    """Name -> ModelInfo, read once. The dict is the live registry: adding an entry to it (as the tests do
+    for a local test hub) makes the name loadable."""
+    global _MODELS
+    if _MODELS is None:
+        try:
+            data = json.loads(REGISTRY_FILE.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise MiniclipError(f"cannot read the model registry {REGISTRY_FILE}: {e}") from e
+        _MODELS = {name: _parse(name, d) for name, d in data["models"].items()}
+    return _MODELS
+
+
+def available_models() -> list[str]:
+    """Names `miniclip.load` and `miniclip download` accept (aliases not included), as openai's clip does."""
+    return list(models())
+
+
+def lookup(name: str) -> ModelInfo | None:
+    """The registry entry for a name, alias or hub repo id, or None."""
+    key = name.strip().lower()
+    for info in models().values():
+        if key == info.name.lower() or key in (a.lower() for a in info.aliases):
+            return info
+    for info in models().values():  # a repo id: the first entry wins (open_clip layout, as hub.py prefers)
+        if key == info.repo.lower():
+            return info
+    return None
+
+
+def format_size(n: float) -> str:
+    """Bytes in decimal units, as the hub shows them ("605 MB", "1.71 GB")."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    if n >= 1e6:
+        return f"{n / 1e6:.0f} MB"
+    if n >= 1e3:
+        return f"{n / 1e3:.0f} kB"
+    return f"{n:.0f} B"
+
+
+def format_table(downloaded: Mapping[str, bool] | None = None) -> str:
+    """The registry as a plain-text table; `downloaded` adds a column saying which are on disk."""
+    header = ["name", "layout", "hub repo", "size", "ImageNet", "licence"]
+    rows = []
+    for info in models().values():
+        size = ("" if info.size_exact else "~") + format_size(info.size_bytes)
+        top1 = "" if info.imagenet_top1 is None else f"{info.imagenet_top1:.1f}%"
+        rows.append([info.name, info.layout, info.repo, size, top1, info.license])
+        if downloaded is not None:
+            rows[-1].append("yes" if downloaded.get(info.name) else "")
+    if downloaded is not None:
+        header.append("on disk")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from .hub import cache_dir, is_downloaded  # hub imports this module; import here to avoid a cycle
+
+    print(format_table({name: is_downloaded(info) for name, info in models().items()}))
+    print()
+    print("ImageNet: zero-shot top-1 as measured by open_clip (docs/openclip_results.csv). "
+          "~: approximate size (float32).")
+    print("Names: ARCH = OpenAI weights (open_clip layout), ARCH-hf = the same in the transformers layout; "
+          "openai's 'ViT-B/32'-style names work too.")
+    print(f"Files go to {cache_dir()} (set $MINICLIP_HOME to change it). Any hub repo id (owner/name) can be "
+          "downloaded too.")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the published CLIP models miniclip can download by name")
+    p.set_defaults(func=cmd_models)
