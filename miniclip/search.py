@@ -1,0 +1,622 @@
+"""Image search: embed a folder of images once, then find images by text or by example.
+
+CLIP puts images and texts in one embedding space where the cosine similarity of matching pairs is high
+(paper section 2.3, Figure 3), so retrieval is a nearest-neighbour search: embed every image once, keep
+the L2-normalized vectors, and rank them by their dot product with the query's normalized vector, a text
+("a dog on a beach") or another image. It is the similarity zero-shot classification uses (section
+3.1.2), with images in place of class prompts; the paper's appendix E.1 evaluates it as zero-shot
+image-text retrieval on Flickr30k and MS-COCO.
+
+    miniclip index photos/ --out photos.index            # embeds every image under photos/, recursively
+    miniclip search photos.index "a dog on a beach"       # text -> image
+    miniclip search photos.index --image query.jpg        # image -> image
+
+The index is a directory::
+
+    manifest.json             what the rows are: files (path, size, mtime), model fingerprint, checksums
+    embeddings-<hash>.npy     float32 [N, E], row i = normalized embedding of files[i]
+
+and it is built so that an interruption never leaves something half-written that gets used:
+
+- every file is written to a temporary name, fsynced, then renamed into place (``os.replace`` is atomic);
+- embeddings files are named by the hash of their content and never overwritten; the manifest, which names
+  the exact files and their SHA-256, is written last, so it only ever points at complete files;
+- every ``checkpoint_every`` batches the rows embedded so far go into an extra ``part-<hash>.npy`` file and
+  the manifest is rewritten to list them, marked ``"complete": false``: a killed run loses at most one
+  chunk, and re-running the same command picks up where it stopped (an exception or Ctrl-C saves the
+  current chunk too);
+- reading checks the manifest's format, every file's size, shape and checksum, and the row count, and
+  names what is wrong instead of returning mismatched rows; ``miniclip index`` rebuilds a damaged index.
+
+Re-running ``miniclip index`` is incremental: a file whose relative path, size and modification time
+(nanoseconds) match the manifest keeps its row; new or changed files are embedded; deleted files are
+dropped. A different model (see ``zeroshot.model_fingerprint``) invalidates every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import io
+import json
+import os
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import ImageError, MiniclipError
+from .image_processor import load_image
+from .model import normalize
+from .tokenizer import tokenize
+from .zeroshot import atomic_write_bytes, model_fingerprint
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "BrokenIndexError",
+    "BuildReport",
+    "Entry",
+    "Index",
+    "build_index",
+    "embed_image_query",
+    "embed_text_query",
+    "find_images",
+    "iter_image_embeddings",
+    "load_index",
+    "search",
+    "write_contact_sheet",
+    "write_html",
+]
+
+#: Files with these extensions (any case) are treated as images; everything else is ignored, not "skipped".
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif",
+                              ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".tga"})
+MANIFEST = "manifest.json"
+FORMAT = "miniclip-index"
+VERSION = 1
+
+
+class BrokenIndexError(MiniclipError):
+    """An index directory that is missing, half-written or inconsistent: never read as if it were fine."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One indexed image: its path relative to the indexed folder ("/"-separated), size and mtime."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Index:
+    """A loaded index: ``embeddings[i]`` (unit L2 norm) belongs to ``root / entries[i].path``."""
+
+    directory: Path
+    root: Path
+    entries: list[Entry]
+    embeddings: np.ndarray  # [N, E] float32
+    model: str  # zeroshot.model_fingerprint of the model that embedded the images
+    complete: bool  # False: an interrupted run's checkpoint, holding only the images embedded so far
+    manifest: dict
+
+    def paths(self) -> list[Path]:
+        return [self.root / e.path for e in self.entries]
+
+
+@dataclass
+class BuildReport:
+    """What ``build_index`` did."""
+
+    index: Index | None = None  # the index as written (None only while building)
+    embedded: int = 0  # images embedded in this run
+    reused: int = 0  # images whose rows were kept from the previous index
+    removed: int = 0  # rows dropped because their file is gone or changed
+    ignored: int = 0  # files without an image extension
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason): unreadable images
+    notes: list[str] = field(default_factory=list)  # e.g. "the previous index was damaged: ..."
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding and embedding images
+# --------------------------------------------------------------------------------------------------
+
+
+def find_images(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()) -> tuple[list[Entry], int]:
+    """Every image file under ``root``, recursively, sorted by relative path, and the number of non-image
+    files ignored. Hidden files and folders (names starting with ".") and the ``exclude`` folders (e.g. an
+    index stored inside the folder) are left out; symlinked folders are not followed (no cycles)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MiniclipError(f"{root}: not a folder")
+    excluded = {os.path.realpath(p) for p in exclude}
+    entries, ignored = [], 0
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.realpath(os.path.join(folder, d)) not in excluded)
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                ignored += 1
+                continue
+            full = os.path.join(folder, name)
+            try:
+                st = os.stat(full)
+            except OSError:  # a dangling symlink: reported as unreadable when it is read
+                size, mtime_ns = -1, -1
+            else:
+                size, mtime_ns = st.st_size, st.st_mtime_ns
+            entries.append(Entry(Path(os.path.relpath(full, root)).as_posix(), size, mtime_ns))
+    entries.sort(key=lambda e: e.path)
+    return entries, ignored
+
+
+def _read_pixels(path: Path, preprocess) -> np.ndarray:
+    try:
+        return preprocess(load_image(path))
+    except ImageError as e:
+        raise ImageError(str(e).removeprefix(f"{path}: ")) from e
+    except OSError as e:  # load_image maps most; keep any other OS-level failure a per-file problem
+        raise ImageError(f"cannot read the file: {e}") from e
+
+
+def iter_image_embeddings(model, preprocess, root: Path, entries: Sequence[Entry], batch_size: int
+                          ) -> Iterator[tuple[list[Entry], np.ndarray, list[tuple[str, str]]]]:
+    """Embed ``entries`` (relative to ``root``) ``batch_size`` at a time. Yields, per batch, the entries
+    that were read, their normalized embeddings [b, E] and the (path, reason) of the ones that could not
+    be read, so that one bad file never stops a run."""
+    if batch_size < 1:
+        raise MiniclipError(f"--batch-size must be at least 1, got {batch_size}")
+    for start in range(0, len(entries), batch_size):
+        ok, pixels, bad = [], [], []
+        for entry in entries[start:start + batch_size]:
+            try:
+                pixels.append(_read_pixels(root / entry.path, preprocess))
+                ok.append(entry)
+            except ImageError as e:
+                bad.append((entry.path, str(e)))
+        if pixels:
+            features = normalize(np.asarray(model.encode_image(np.stack(pixels)), dtype=np.float32))
+        else:
+            features = np.zeros((0, model.config.embed_dim), np.float32)
+        yield ok, features.astype(np.float32, copy=False), bad
+
+
+class _Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, total: int, label: str, enabled: bool | None = None, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = (self.stream.isatty() if enabled is None else enabled) and total > 0
+        self.total, self.label, self.done, self.start = total, label, 0, time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        width = 28
+        filled = int(width * self.done / self.total)
+        elapsed = time.monotonic() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
+                          f"  {rate:.1f} img/s  ETA {int(eta) // 60}:{int(eta) % 60:02d} ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading and writing the index directory
+# --------------------------------------------------------------------------------------------------
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _write_rows(directory: Path, prefix: str, rows: np.ndarray) -> dict:
+    """Write rows to ``<prefix>-<content hash>.npy``; returns the manifest's record of that file. The name
+    depends on the content, so a file a manifest points to is never overwritten by different rows."""
+    data = _npy_bytes(rows)
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"{prefix}-{digest[:16]}.npy"
+    atomic_write_bytes(directory / name, data)
+    return {"file": name, "rows": int(rows.shape[0]), "bytes": len(data), "sha256": digest}
+
+
+def _our_files(directory: Path) -> list[Path]:
+    """Files an index build may have left: embeddings, checkpoint parts, temporary files."""
+    if not directory.is_dir():
+        return []
+    return [p for p in directory.iterdir() if p.is_file() and (
+        (p.suffix == ".npy" and p.name.startswith(("embeddings-", "part-")))
+        or (p.name.startswith(".") and p.name.endswith(".tmp")))]
+
+
+def load_index(directory: str | os.PathLike) -> Index:
+    """Read an index, checking everything the manifest promises: raises :class:`BrokenIndexError`
+    naming the problem if the directory is missing, half-written, or its files do not match."""
+    directory = Path(directory)
+    hint = f"rebuild it with `miniclip index DIR --out {directory}`"
+    if not directory.is_dir():
+        raise BrokenIndexError(f"{directory}: no index there (not a folder); build one with "
+                               f"`miniclip index DIR --out {directory}`")
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        if _our_files(directory):
+            raise BrokenIndexError(f"{directory}: half-written index: embeddings files but no {MANIFEST} "
+                                   f"(the first `miniclip index` run was interrupted?); {hint}")
+        raise BrokenIndexError(f"{directory}: not a miniclip index (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BrokenIndexError(f"{manifest_path}: damaged index manifest, not valid JSON ({e}); {hint}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BrokenIndexError(f"{manifest_path}: not a miniclip index manifest")
+    if manifest.get("version") != VERSION:
+        raise BrokenIndexError(f"{manifest_path}: index format version {manifest.get('version')!r}, this "
+                               f"miniclip reads version {VERSION}; {hint}")
+    try:
+        entries = [Entry(str(f["path"]), int(f["size"]), int(f["mtime_ns"])) for f in manifest["files"]]
+        embed_dim, count = int(manifest["embed_dim"]), int(manifest["count"])
+        shards = list(manifest["embeddings"])
+        root, model, complete = Path(manifest["root"]), str(manifest["model"]), bool(manifest["complete"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BrokenIndexError(f"{manifest_path}: damaged index manifest (missing or bad field {e}); {hint}") from e
+    if count != len(entries):
+        raise BrokenIndexError(f"{manifest_path}: says {count} images but lists {len(entries)} files; {hint}")
+
+    parts = []
+    for shard in shards:
+        path = directory / str(shard.get("file", ""))
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise BrokenIndexError(f"{directory}: the manifest refers to {path.name}, which cannot be read "
+                                   f"({e.strerror or e}); {hint}") from e
+        if len(data) != shard.get("bytes") or hashlib.sha256(data).hexdigest() != shard.get("sha256"):
+            raise BrokenIndexError(f"{path}: does not match the checksum in {MANIFEST} (changed or "
+                                   f"half-written); {hint}")
+        rows = np.load(io.BytesIO(data), allow_pickle=False)
+        if rows.dtype != np.float32 or rows.ndim != 2 or rows.shape != (shard.get("rows"), embed_dim):
+            raise BrokenIndexError(f"{path}: holds {rows.dtype} {list(rows.shape)}, the manifest says float32 "
+                                   f"[{shard.get('rows')}, {embed_dim}]; {hint}")
+        parts.append(rows)
+    embeddings = np.concatenate(parts) if parts else np.zeros((0, embed_dim), np.float32)
+    if embeddings.shape[0] != count:
+        raise BrokenIndexError(f"{directory}: {embeddings.shape[0]} embedding rows for {count} files; {hint}")
+    return Index(directory, root, entries, embeddings, model, complete, manifest)
+
+
+def _write_manifest(directory: Path, *, root: Path, model: str, embed_dim: int, entries: Sequence[Entry],
+                    shards: list[dict], complete: bool, skipped: Sequence[tuple[str, str]], weights: str | None
+                    ) -> dict:
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "complete": complete,
+        "root": str(root),
+        "model": model,
+        "weights": weights,  # for information only: the fingerprint is what is checked
+        "embed_dim": embed_dim,
+        "count": len(entries),
+        "embeddings": shards,
+        "files": [{"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns} for e in entries],
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+    }
+    atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------------
+
+
+def _previous_index(out: Path, model: str, report: BuildReport) -> Index | None:
+    """The existing index at ``out`` if its rows may be reused: it is intact and was built by this model.
+    Otherwise None, with a note saying why."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise MiniclipError(f"{out}: exists and is not a folder; choose another --out")
+    if not (out / MANIFEST).exists() and not _our_files(out):
+        if any(out.iterdir()):
+            raise MiniclipError(f"{out}: an existing folder that is not a miniclip index; refusing to write "
+                                "into it (choose an empty or new --out folder)")
+        return None
+    try:
+        old = load_index(out)
+    except BrokenIndexError as e:
+        report.notes.append(f"the existing index could not be used and is rebuilt from scratch: {e}")
+        return None
+    if old.model != model:
+        report.notes.append("the existing index was built with a different model; every image is re-embedded")
+        return None
+    return old
+
+
+def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLike, *, batch_size: int = 16,
+                checkpoint_every: int = 32, progress: bool | None = None, weights: str | None = None,
+                on_skip: Callable[[str, str], None] | None = None) -> BuildReport:
+    """Embed every image under ``root`` into the index directory ``out`` (created, or updated in place).
+
+    Only images not already in ``out`` with the same path, size and mtime, under the same model, are
+    embedded. Progress is saved every ``checkpoint_every`` batches, and when an exception (including
+    KeyboardInterrupt) stops the run, so a re-run continues instead of starting over. Unreadable images are
+    skipped and listed in the report. ``progress``: draw a bar on stderr (None: only on a terminal).
+    """
+    if checkpoint_every < 1:
+        raise MiniclipError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
+    root, out = Path(root).resolve(), Path(out).resolve()
+    fingerprint = model_fingerprint(model)
+    embed_dim = int(model.config.embed_dim)
+    entries, ignored = find_images(root, exclude=[out])
+    report = BuildReport(ignored=ignored)
+    old = _previous_index(out, fingerprint, report)
+    previous = dict(zip(old.entries, old.embeddings, strict=True)) if old is not None else {}
+
+    rows: dict[Entry, np.ndarray] = {e: previous[e] for e in entries if e in previous}
+    todo = [e for e in entries if e not in previous]
+    report.reused, report.removed = len(rows), len(previous) - len(rows)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Checkpoints: the rows kept from the previous index go into one part file at the first checkpoint,
+    # then each chunk of new rows into its own part file; the manifest lists them all, in row order.
+    shards: list[dict] = []
+    saved: list[Entry] = []  # entries whose rows are in `shards`, in order
+    unsaved: list[Entry] = list(rows)  # entries with rows in memory but not on disk yet
+
+    def checkpoint() -> None:
+        if not unsaved:
+            return
+        shards.append(_write_rows(out, "part", np.stack([rows[e] for e in unsaved])))
+        saved.extend(unsaved)
+        unsaved.clear()
+        _write_manifest(out, root=root, model=fingerprint, embed_dim=embed_dim, entries=saved, shards=shards,
+                        complete=False, skipped=report.skipped, weights=weights)
+
+    bar = _Progress(len(todo), "indexing", progress)
+    batches = 0
+    try:
+        for ok, features, bad in iter_image_embeddings(model, preprocess, root, todo, batch_size):
+            for entry, row in zip(ok, features, strict=True):
+                rows[entry] = row
+                unsaved.append(entry)
+            report.embedded += len(ok)
+            for path, reason in bad:
+                report.skipped.append((path, reason))
+                if on_skip is not None:
+                    on_skip(path, reason)
+            bar.update(len(ok) + len(bad))
+            batches += 1
+            if batches % checkpoint_every == 0 and report.embedded:
+                checkpoint()
+    except BaseException:
+        bar.close()
+        if report.embedded:  # save what this run computed, then let the interruption go on
+            try:
+                checkpoint()
+            except Exception as save_error:  # never hide the original problem behind this one
+                print(f"miniclip: warning: could not save progress: {save_error}", file=sys.stderr)
+        raise
+    bar.close()
+
+    final = [e for e in entries if e in rows]  # sorted by path, like a clean build
+    if old is not None and old.complete and old.root == root and report.embedded == 0 and report.removed == 0:
+        # The rows are exactly the previous index's: keep its files, and only refresh the list of skipped
+        # files if that changed (unreadable files are retried on every run, and they may have been fixed).
+        skipped = [{"path": p, "reason": r} for p, r in report.skipped]
+        if skipped != old.manifest.get("skipped"):
+            old.manifest = _write_manifest(out, root=root, model=fingerprint, embed_dim=embed_dim,
+                                           entries=old.entries, shards=old.manifest["embeddings"], complete=True,
+                                           skipped=report.skipped, weights=weights)
+        report.index = old
+        return report
+    embeddings = np.stack([rows[e] for e in final]) if final else np.zeros((0, embed_dim), np.float32)
+    shard = _write_rows(out, "embeddings", embeddings)
+    manifest = _write_manifest(out, root=root, model=fingerprint, embed_dim=embed_dim, entries=final,
+                               shards=[shard], complete=True, skipped=report.skipped, weights=weights)
+    # Only now, with a complete manifest in place, remove what it does not reference.
+    for path in _our_files(out):
+        if path.name != shard["file"]:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+    report.index = Index(out, root, final, embeddings, fingerprint, True, manifest)
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Searching
+# --------------------------------------------------------------------------------------------------
+
+
+def embed_text_query(model, text: str) -> np.ndarray:  # -> [E], unit norm
+    return normalize(model.encode_text(tokenize([text], model.config.context_length)))[0]
+
+
+def embed_image_query(model, preprocess, path: str | os.PathLike) -> np.ndarray:  # -> [E], unit norm
+    return normalize(model.encode_image(preprocess(load_image(path))[None]))[0]
+
+
+def search(index: Index, query: np.ndarray, k: int = 10) -> list[tuple[Path, float]]:
+    """The ``k`` indexed images most similar to ``query`` (an [E] embedding, normalized here), best first,
+    as (path, cosine similarity). Ties keep index order."""
+    query = np.asarray(query, dtype=np.float32).reshape(-1)
+    if query.shape[0] != index.embeddings.shape[1]:
+        raise MiniclipError(f"query embedding has {query.shape[0]} dimensions, the index {index.embeddings.shape[1]}")
+    scores = index.embeddings @ (query / np.linalg.norm(query))  # cosine similarity: rows are unit vectors
+    order = np.lexsort((np.arange(len(scores)), -scores))[:max(0, k)]
+    paths = index.paths()
+    return [(paths[i], float(scores[i])) for i in order]
+
+
+def _href(image: Path, page: Path) -> str:
+    """A link from the page to the image: relative when possible, so the page survives moving both."""
+    try:
+        rel = os.path.relpath(image.resolve(), page.resolve().parent)
+    except ValueError:  # another drive on Windows
+        return image.resolve().as_uri()
+    return urllib.parse.quote(Path(rel).as_posix())
+
+
+def write_html(results: Sequence[tuple[Path, float]], out: str | os.PathLike, title: str) -> None:
+    """A page showing the results as a grid of images with rank, score and path."""
+    out = Path(out)
+    cells = "\n".join(
+        f'<figure><a href="{_href(p, out)}"><img src="{_href(p, out)}" loading="lazy"></a>'
+        f"<figcaption><b>{rank}.</b> {score:.4f}<br>{html.escape(str(p))}</figcaption></figure>"
+        for rank, (p, score) in enumerate(results, start=1))
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif}} figure{{display:inline-block;width:220px;margin:6px;vertical-align:top}}
+img{{max-width:220px;max-height:220px}} figcaption{{font-size:12px;word-break:break-all}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+{cells}
+</body></html>
+"""
+    atomic_write_bytes(out, page.encode("utf-8"))
+
+
+def write_contact_sheet(results: Sequence[tuple[Path, float]], out: str | os.PathLike, title: str,
+                        columns: int = 5, cell: int = 160) -> None:
+    """A PNG grid of the result images (thumbnails), each captioned with rank, score and file name."""
+    columns = max(1, min(columns, len(results) or 1))
+    rows = max(1, -(-len(results) // columns))
+    caption, header, pad = 30, 24, 6
+    sheet = Image.new("RGB", (columns * (cell + pad) + pad, header + rows * (cell + caption + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    draw.text((pad, 6), _fit(draw, title, font, sheet.width - 2 * pad), fill="black", font=font)
+    for i, (path, score) in enumerate(results):
+        x = pad + (i % columns) * (cell + pad)
+        y = header + (i // columns) * (cell + caption + pad)
+        try:
+            thumb = load_image(path).convert("RGB")
+            thumb.thumbnail((cell, cell))
+            sheet.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
+        except ImageError:
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(220, 220, 220))
+            draw.text((x + 6, y + cell // 2), "(unreadable)", fill="black", font=font)
+        draw.text((x, y + cell + 2), f"{i + 1}. {score:.4f}", fill="black", font=font)
+        draw.text((x, y + cell + 15), _fit(draw, Path(path).name, font, cell), fill=(80, 80, 80), font=font)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    atomic_write_bytes(out, buffer.getvalue())
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def _display(path: Path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it."""
+    rel = os.path.relpath(path)
+    return path.as_posix() if rel.startswith("..") else Path(rel).as_posix()
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from .cli import load_model
+
+    model, preprocess = load_model(args)
+    try:
+        report = build_index(model, preprocess, args.folder, args.out, batch_size=args.batch_size,
+                             checkpoint_every=args.checkpoint_every, weights=args.weights)
+    except KeyboardInterrupt:
+        print(f"\nminiclip: interrupted; the images embedded so far are saved in {args.out}: run the same "
+              "command again to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+    for note in report.notes:
+        print(f"miniclip: note: {note}", file=sys.stderr)
+    index = report.index
+    print(f"{args.out}: {len(index.entries)} images ({report.embedded} embedded, {report.reused} unchanged, "
+          f"{report.removed} removed or changed since the last run)")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} unreadable file{'s' * (len(report.skipped) != 1)}:")
+        for path, reason in report.skipped:
+            print(f"  {path}: {reason}")
+    if not index.entries:
+        print(f"miniclip: warning: no readable images under {args.folder} (looked for "
+              f"{', '.join(sorted(IMAGE_EXTENSIONS))})", file=sys.stderr)
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from .cli import load_model
+
+    if (args.query is None) == (args.image is None):
+        raise MiniclipError('give either a text query ("a dog on a beach") or --image FILE, not both')
+    index = load_index(args.index)  # before loading the model: a broken index fails fast
+    if not index.entries:
+        raise MiniclipError(f"{args.index}: the index holds no images")
+    model, preprocess = load_model(args)
+    if model_fingerprint(model) != index.model:
+        built = index.manifest.get("weights")
+        raise MiniclipError(f"{args.index} was built with a different model{f' ({built})' if built else ''} "
+                            "than the weights given: search with those weights, or re-run `miniclip index` with "
+                            "these ones")
+    if not index.complete:
+        print(f"miniclip: warning: {args.index} is incomplete (an interrupted `miniclip index` run): searching "
+              f"the {len(index.entries)} images embedded so far; re-run `miniclip index` to finish it",
+              file=sys.stderr)
+    if args.image is not None:
+        query, title = embed_image_query(model, preprocess, args.image), f"images like {args.image}"
+    else:
+        query, title = embed_text_query(model, args.query), args.query
+    if args.top < 1:
+        raise MiniclipError(f"--top must be at least 1, got {args.top}")
+    results = search(index, query, args.top)
+    for rank, (path, score) in enumerate(results, start=1):
+        print(f"{rank:3d}  {score:7.4f}  {_display(path)}")
+    if args.html:
+        write_html(results, args.html, title)
+        print(f"wrote {args.html}", file=sys.stderr)
+    if args.sheet:
+        write_contact_sheet(results, args.sheet, title)
+        print(f"wrote {args.sheet}", file=sys.stderr)
+
+
+def add_commands(sub) -> None:
+    from .cli import add_model_options
+
+    p = sub.add_parser("index", help="embed every image under a folder into a search index (incremental)")
+    p.add_argument("folder", metavar="DIR", help="folder of images, searched recursively")
+    p.add_argument("--out", required=True, metavar="INDEX", help="index folder to create or update")
+    p.add_argument("--checkpoint-every", type=int, default=32, metavar="N",
+                   help="save progress every N batches, so an interrupted run loses at most one chunk (default 32)")
+    add_model_options(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="find indexed images by a text or an example image")
+    p.add_argument("index", metavar="INDEX", help="an index folder made by `miniclip index`")
+    p.add_argument("query", nargs="?", metavar="TEXT", help='what to look for, e.g. "a dog on a beach"')
+    p.add_argument("--image", metavar="FILE", help="find images similar to this one instead of a text")
+    p.add_argument("--top", type=int, default=10, metavar="K", help="number of results (default 10)")
+    p.add_argument("--html", metavar="OUT.html", help="also write a web page of the results")
+    p.add_argument("--sheet", metavar="OUT.png", help="also write a contact sheet (PNG) of the results")
+    add_model_options(p)
+    p.set_defaults(func=cmd_search)
