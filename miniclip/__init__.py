@@ -14,26 +14,35 @@ import numpy as np
 
 from .backends import get_backend
 from .config import CLIPConfig
-from .errors import ImageError, MiniclipError, TokenizerError, WeightsError
+from .errors import DownloadError, ImageError, MiniclipError, TokenizerError, WeightsError
+from .hub import resolve_source
 from .image_processor import make_preprocess
 from .model import CLIP
+from .registry import available_models
 from .tokenizer import decode, tokenize
 from .weights import load_weights
 
-__all__ = ["CLIP", "CLIPConfig", "ImageError", "MiniclipError", "TokenizerError", "WeightsError",
-           "decode", "load", "tokenize"]
+__all__ = ["CLIP", "CLIPConfig", "DownloadError", "ImageError", "MiniclipError", "TokenizerError", "WeightsError",
+           "available_models", "decode", "load", "tokenize"]
 __version__ = "0.1.0"
 
 
-def load(source: str | os.PathLike, backend: str = "numpy",
-         activation: str | None = None) -> tuple[CLIP, Callable[..., np.ndarray]]:
+def load(source: str | os.PathLike, backend: str = "numpy", activation: str | None = None, *,
+         download: bool = True, threads: int | None = None) -> tuple[CLIP, Callable[..., np.ndarray]]:
     """Load CLIP weights from a .safetensors file or a directory holding one, in the transformers layout
     (model.safetensors + config.json) or the OpenAI/open_clip layout (open_clip_model.safetensors +
     optional open_clip_config.json). Returns (model, preprocess), as openai's clip.load does.
 
+    `source` may also be a published model's name (`miniclip.available_models()`, e.g. "ViT-B-32") or a
+    Hugging Face hub repo id ("owner/name"): it is downloaded on first use (see miniclip/hub.py), unless
+    `download=False`, which raises DownloadError saying where to put the files. Local paths win over names.
+
     `activation` ("quick_gelu" for OpenAI weights, "gelu" for LAION-trained ones) is only needed when no
     config file sits beside the weights; without either, "quick_gelu" is assumed with a warning.
+
+    `backend`: "numpy" (the reference), "numba" (fused CPU kernels) or "auto" (numba when available).
+    `threads`: threads for the numba kernels (default: NUMBA_NUM_THREADS, i.e. all cores).
     """
-    ops = get_backend(backend)
-    params, config = load_weights(source, activation=activation)
+    ops = get_backend(backend, threads)
+    params, config = load_weights(resolve_source(source, allow_download=download), activation=activation)
     return CLIP(params, config, ops), make_preprocess(config.image_size)

@@ -21,11 +21,13 @@ from .backends import BACKENDS
 from .errors import MiniclipError
 from .image_processor import load_image
 from .model import CLIP, normalize
+from .zeroshot import imagenet_classes, load_templates, softmax, zero_shot_classifier
 
 WEIGHTS_ENV = "MINICLIP_WEIGHTS"
 
 # Modules that bring their own sub-commands: each defines `add_commands(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("miniclip.search", "miniclip.probe", "miniclip.registry", "miniclip.hub",
+                                   "miniclip.verify", "miniclip.convert")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -62,21 +64,33 @@ def encode_image_files(model: CLIP, preprocess, paths: Sequence[str], batch_size
     return np.concatenate(features)
 
 
+def _prompt_progress(done: int, total: int) -> None:
+    print(f"\rencoded {done}/{total} prompts", end="\n" if done == total else "", file=sys.stderr)
+
+
 def cmd_classify(args: argparse.Namespace) -> None:
-    if not args.labels:
-        raise MiniclipError("give the candidate labels with --labels, e.g. --labels \"a diagram\" \"a dog\"")
+    if args.imagenet and args.labels:
+        raise MiniclipError("give either --labels or --imagenet, not both")
+    if not args.labels and not args.imagenet:
+        raise MiniclipError("give the candidate labels with --labels, e.g. --labels \"a diagram\" \"a dog\", "
+                            "or --imagenet for the 1000 ImageNet classes")
+    labels = imagenet_classes() if args.imagenet else args.labels
+    templates = load_templates(args.templates)  # before loading the model, so a bad file fails fast
     model, preprocess = load_model(args)
-    text_features = normalize(model.encode_text(tokenize(args.labels, model.config.context_length)))
+    # Prompt ensembling (CLIP paper section 3.1.4): every label in every template, averaged per label. Only
+    # then is the [E, C] matrix worth caching; verbatim labels are a handful of prompts.
+    n_prompts = len(labels) * (len(templates) if templates else 1)
+    show = sys.stderr.isatty() and n_prompts > 256
+    text_features = zero_shot_classifier(model, labels, templates, cache=bool(templates or args.imagenet)
+                                         and not args.no_cache, progress=_prompt_progress if show else None)
     image_features = normalize(encode_image_files(model, preprocess, args.images, args.batch_size))
-    logits = np.exp(model.logit_scale) * image_features @ text_features.T  # [N_images, N_labels]
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
-    width = max(len(label) for label in args.labels)
-    top = len(args.labels) if args.top is None else max(1, args.top)
+    probs = softmax(np.exp(model.logit_scale) * image_features @ text_features)  # [N_images, N_labels]
+    top = (5 if args.imagenet else len(labels)) if args.top is None else max(1, args.top)
+    width = max(len(labels[i]) for p in probs for i in np.argsort(-p, kind="stable")[:top])
     for path, p in zip(args.images, probs, strict=True):
         print(path)
         for i in np.argsort(-p, kind="stable")[:top]:
-            print(f"  {args.labels[i]:<{width}}  {p[i]:8.4%}")
+            print(f"  {labels[i]:<{width}}  {p[i]:8.4%}")
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -101,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="zero-shot classification of images among text labels")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="candidate descriptions, e.g. \"a dog\"")
+    p.add_argument("--imagenet", action="store_true", help="use the 1000 ImageNet class names as the labels "
+                   "(shows the top 5 unless --top is given)")
+    p.add_argument("--templates", metavar="imagenet|simple|FILE",
+                   help="prompt ensembling: put every label into these templates and average their embeddings "
+                        "(imagenet: openai's 80; simple: 'a photo of a {}.'; FILE: one template per line with {}). "
+                        "Default: labels used verbatim")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not read or write the cached class embeddings (in $MINICLIP_HOME/cache/zeroshot, else "
+                        "~/.cache/miniclip/zeroshot)")
     p.add_argument("--top", type=int, help="show only the K most probable labels per image")
     add_model_options(p)
     p.set_defaults(func=cmd_classify)
