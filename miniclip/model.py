@@ -12,6 +12,7 @@ import numpy as np
 
 from .config import CLIPConfig
 from .errors import MiniclipError
+from .ops import attention_probs, split_heads
 
 
 def unflatten(flat: dict[str, np.ndarray]) -> dict:
@@ -34,27 +35,58 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
     return listify(tree)
 
 
+class Recorder:
+    """Collects what a forward pass computes, for people looking inside the model (return_hidden=True,
+    `miniclip trace`). Passing none (the default) records nothing and costs nothing.
+
+    hidden_states: the input of the first block, then each block's output: L + 1 arrays [B, T, D], as
+    transformers' `output_hidden_states`. attentions: each block's attention probabilities [B, H, T, T],
+    as transformers' `output_attentions`. steps: (name, array) of every stage, in order."""
+
+    def __init__(self):
+        self.hidden_states: list = []
+        self.attentions: list = []
+        self.steps: list[tuple[str, object]] = []
+
+    def step(self, name: str, x):
+        self.steps.append((name, x))
+        return x
+
+
 def residual_attention_block(x, ln_1, attn, ln_2, mlp, *, n_head, causal, act, eps, ops,
-                             keep=None):  # [B, T, D] -> [B, T, D] (or [B, T_keep, D])
+                             keep=None, rec=None, name=""):  # [B, T, D] -> [B, T, D] (or [B, T_keep, D])
     """Pre-LN transformer block (OpenAI clip/model.py ResidualAttentionBlock):
     x + attn(ln_1(x)), then x + mlp(ln_2(x)). `keep` (a slice of token positions) computes the output of
     those tokens only, when nothing reads the others: every token is still attended to."""
     h = ops.layer_norm(x, **ln_1, eps=eps)
     qkv = ops.linear(h, attn["in_proj_weight"], attn["in_proj_bias"])  # [B, T, D] -> [B, T, 3D]
+    if rec is not None:  # the probabilities, recomputed by the reference (backends need not produce them)
+        rec.attentions.append(rec.step(f"{name}.attn.probs", attention_probs(*split_heads(qkv, n_head)[:2], causal)))
     h = ops.attention(qkv, n_head, causal)  # [B, T, 3D] -> [B, T, D]
     if keep is not None:  # after attention, tokens no longer mix: the rest of the block is per token
         x, h = x[:, keep], h[:, keep]
     x = ops.linear(h, **attn["out_proj"], residual=x)  # x + out_proj(h): [B, T, D]
+    if rec is not None:
+        rec.step(f"{name} + attn", x)
     h = ops.layer_norm(x, **ln_2, eps=eps)
     h = ops.linear(h, **mlp["c_fc"], act=act)  # act(c_fc(h)): [B, T, D] -> [B, T, F]
+    if rec is not None:
+        rec.step(f"{name}.mlp.c_fc + {act}", h)
     return ops.linear(h, **mlp["c_proj"], residual=x)  # x + c_proj(h): [B, T, F] -> [B, T, D]
 
 
-def transformer(x, resblocks, keep_last=None, **block_kwargs):  # [B, T, D] -> [B, T, D]
-    """The blocks in turn; `keep_last` limits the last block's output to those token positions."""
+def transformer(x, resblocks, keep_last=None, rec=None, name="", **block_kwargs):  # [B, T, D] -> [B, T, D]
+    """The blocks in turn; `keep_last` limits the last block's output to those token positions (not when
+    recording, since then every token's hidden state is wanted)."""
     for i, block in enumerate(resblocks):
-        keep = keep_last if i == len(resblocks) - 1 else None
-        x = residual_attention_block(x, **block, keep=keep, **block_kwargs)
+        keep = keep_last if i == len(resblocks) - 1 and rec is None else None
+        if rec is not None:
+            rec.hidden_states.append(x)
+        x = residual_attention_block(x, **block, keep=keep, rec=rec, name=f"{name}.resblocks.{i}", **block_kwargs)
+        if rec is not None:
+            rec.step(f"{name}.resblocks.{i} + mlp", x)
+    if rec is not None:
+        rec.hidden_states.append(x)
     return x
 
 
@@ -67,39 +99,44 @@ def patchify(images, P):  # [B, 3, S, S] -> [B, N, 3*P*P]
     return x.reshape(B, g * g, C * P * P)
 
 
-def vision_transformer(images, visual, cfg: CLIPConfig, ops):  # [B, 3, S, S] -> [B, E]
+def vision_transformer(images, visual, cfg: CLIPConfig, ops, rec=None):  # [B, 3, S, S] -> [B, E]
     """The image encoder: a ViT (Dosovitskiy et al. 2020) with an extra LayerNorm before the transformer
-    (CLIP paper section 2.4)."""
+    (CLIP paper section 2.4). `rec` (a Recorder) collects every stage when given."""
+    note = rec.step if rec is not None else lambda name, x: x
     D = cfg.vision_width
     conv1 = visual["conv1"]["weight"].reshape(D, -1)  # [D, 3, P, P] -> [D, 3*P*P], a view
-    x = ops.linear(patchify(images, cfg.patch_size), conv1)  # [B, N, 3*P*P] -> [B, N, D]
+    x = note("visual.patchify", patchify(images, cfg.patch_size))  # [B, 3, S, S] -> [B, N, 3*P*P]
+    x = note("visual.conv1", ops.linear(x, conv1))  # [B, N, 3*P*P] -> [B, N, D]
     cls = np.broadcast_to(visual["class_embedding"], (x.shape[0], 1, D)).astype(x.dtype)
-    x = np.concatenate([cls, x], axis=1)  # prepend the class token: [B, 1 + N, D]
-    x = x + visual["positional_embedding"]  # learned position of every token: [1 + N, D]
-    x = ops.layer_norm(x, **visual["ln_pre"], eps=cfg.layer_norm_eps)
+    x = note("visual.class_embedding", np.concatenate([cls, x], axis=1))  # prepend the class token: [B, 1 + N, D]
+    x = note("visual.positional_embedding", x + visual["positional_embedding"])  # learned positions: [1 + N, D]
+    x = note("visual.ln_pre", ops.layer_norm(x, **visual["ln_pre"], eps=cfg.layer_norm_eps))
     # Only the class token is read after the last block (by ln_post), so that block's out_proj and MLP
     # run on it alone (keep_last): an exact shortcut, as tokens do not mix after attention.
-    x = transformer(x, visual["transformer"]["resblocks"], keep_last=slice(0, 1), n_head=cfg.vision_heads,
-                    causal=False, act=cfg.activation, eps=cfg.layer_norm_eps, ops=ops)
-    x = ops.layer_norm(x[:, 0, :], **visual["ln_post"], eps=cfg.layer_norm_eps)  # the class token: [B, D]
-    return ops.linear(x, visual["proj"].T)  # [B, D] -> [B, E]; proj is stored [D, E]
+    x = transformer(x, visual["transformer"]["resblocks"], keep_last=slice(0, 1), rec=rec,
+                    name="visual.transformer", n_head=cfg.vision_heads, causal=False, act=cfg.activation,
+                    eps=cfg.layer_norm_eps, ops=ops)
+    x = note("visual.ln_post", ops.layer_norm(x[:, 0, :], **visual["ln_post"], eps=cfg.layer_norm_eps))  # [B, D]
+    return note("visual.proj", ops.linear(x, visual["proj"].T))  # [B, D] -> [B, E]; proj is stored [D, E]
 
 
-def text_transformer(tokens, p, cfg: CLIPConfig, ops):  # [B, T] -> [B, E]
+def text_transformer(tokens, p, cfg: CLIPConfig, ops, rec=None):  # [B, T] -> [B, E]
     """The text encoder: a GPT-2-style transformer with a causal mask (section 2.4); the text's feature is
     the final activation at its end-of-text token, the largest token id (OpenAI's `text.argmax(-1)`)."""
+    note = rec.step if rec is not None else lambda name, x: x
     eot = tokens.argmax(axis=-1)  # [B]: position of each text's end token
     # Exact shortcut: with the causal mask no position sees a later one, so positions after the batch's last
     # end token cannot change any pooled feature: drop them (77 -> ~10-20 tokens for typical captions).
-    T = int(eot.max()) + 1
+    # Not when recording: every position's hidden state is then wanted.
+    T = int(eot.max()) + 1 if rec is None else tokens.shape[1]
     tokens = tokens[:, :T]
-    x = p["token_embedding"]["weight"][tokens]  # [B, T] -> [B, T, D]
-    x = x + p["positional_embedding"][:T]  # [T, D]
-    x = transformer(x, p["transformer"]["resblocks"], n_head=cfg.text_heads, causal=True,
-                    act=cfg.activation, eps=cfg.layer_norm_eps, ops=ops)
-    x = ops.layer_norm(x, **p["ln_final"], eps=cfg.layer_norm_eps)
-    x = x[np.arange(x.shape[0]), eot]  # [B, T, D] -> [B, D] at each end token
-    return ops.linear(x, p["text_projection"].T)  # [B, D] -> [B, E]; text_projection is stored [D, E]
+    x = note("token_embedding", p["token_embedding"]["weight"][tokens])  # [B, T] -> [B, T, D]
+    x = note("positional_embedding", x + p["positional_embedding"][:T])  # [T, D]
+    x = transformer(x, p["transformer"]["resblocks"], rec=rec, name="transformer", n_head=cfg.text_heads,
+                    causal=True, act=cfg.activation, eps=cfg.layer_norm_eps, ops=ops)
+    x = note("ln_final", ops.layer_norm(x, **p["ln_final"], eps=cfg.layer_norm_eps))
+    x = note("end token", x[np.arange(x.shape[0]), eot])  # [B, T, D] -> [B, D] at each end token
+    return note("text_projection", ops.linear(x, p["text_projection"].T))  # [B, D] -> [B, E]; stored [D, E]
 
 
 def normalize(x):  # [B, E] -> [B, E], unit L2 norm per row
@@ -118,8 +155,11 @@ class CLIP:
     def logit_scale(self) -> np.ndarray:  # the learned temperature, stored as its log (section 2.5)
         return self.params["logit_scale"]
 
-    def encode_image(self, images: np.ndarray) -> np.ndarray:  # [B, 3, S, S] -> [B, E] float32
-        """Image features (not normalized) for a batch of preprocessed images."""
+    def encode_image(self, images: np.ndarray, return_hidden: bool = False):  # [B, 3, S, S] -> [B, E] float32
+        """Image features (not normalized) for a batch of preprocessed images. With return_hidden=True,
+        returns (features, hidden): hidden["hidden_states"] [L + 1, B, 1 + N, D] (the input of each block,
+        then the last block's output), hidden["attentions"] [L, B, H, 1 + N, 1 + N], and hidden["steps"],
+        every named stage in order (see `miniclip trace`)."""
         S = self.config.image_size
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != (3, S, S):
@@ -128,11 +168,14 @@ class CLIP:
                                 f"got {list(images.shape)}{hint}")
         if not np.issubdtype(images.dtype, np.floating):
             raise MiniclipError(f"encode_image expects float pixels from preprocess(), got dtype {images.dtype}")
-        return np.asarray(vision_transformer(images.astype(np.float32, copy=False), self.params["visual"],
-                                             self.config, self.ops))
+        rec = Recorder() if return_hidden else None
+        features = np.asarray(vision_transformer(images.astype(np.float32, copy=False), self.params["visual"],
+                                                 self.config, self.ops, rec))
+        return (features, _hidden(rec)) if return_hidden else features
 
-    def encode_text(self, tokens: np.ndarray) -> np.ndarray:  # [B, T] -> [B, E] float32
-        """Text features (not normalized) for token ids from miniclip.tokenize."""
+    def encode_text(self, tokens: np.ndarray, return_hidden: bool = False):  # [B, T] -> [B, E] float32
+        """Text features (not normalized) for token ids from miniclip.tokenize. With return_hidden=True,
+        returns (features, hidden) as encode_image does, with T tokens in place of 1 + N."""
         tokens = np.asarray(tokens)
         T_max, V = self.config.context_length, self.config.vocab_size
         if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= T_max or not np.issubdtype(tokens.dtype, np.integer):
@@ -140,7 +183,9 @@ class CLIP:
                                 f"(from miniclip.tokenize), got {tokens.dtype} {list(tokens.shape)}")
         if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
             raise MiniclipError(f"token ids must lie in [0, {V}), found {tokens.min()}..{tokens.max()}")
-        return np.asarray(text_transformer(tokens, self.params, self.config, self.ops))
+        rec = Recorder() if return_hidden else None
+        features = np.asarray(text_transformer(tokens, self.params, self.config, self.ops, rec))
+        return (features, _hidden(rec)) if return_hidden else features
 
     def __call__(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits_per_image [B_img, B_txt], logits_per_text [B_txt, B_img]): the cosine similarity of every
@@ -149,3 +194,9 @@ class CLIP:
         text_features = normalize(self.encode_text(tokens))
         logits_per_image = np.exp(self.logit_scale) * image_features @ text_features.T
         return logits_per_image, logits_per_image.T
+
+
+def _hidden(rec: Recorder) -> dict:
+    return {"hidden_states": np.stack([np.asarray(h) for h in rec.hidden_states]),
+            "attentions": np.stack([np.asarray(a) for a in rec.attentions]),
+            "steps": [(name, np.asarray(x)) for name, x in rec.steps]}

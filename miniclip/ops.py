@@ -41,24 +41,32 @@ def softmax(x):  # [..., N] -> [..., N]
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def attention(qkv, n_head, causal):  # [B, T, 3D] -> [B, T, D]
-    """Multi-head scaled dot-product attention (Vaswani et al. 2017; CLIP paper section 2.4) on the output
-    of the stacked q/k/v projection. `causal` hides later tokens from earlier ones (the text encoder)."""
-    B, T, three_D = qkv.shape
-    D = three_D // 3
-    d = D // n_head
-    # 1. split q, k, v and the heads: [B, T, 3D] -> 3 x [B, H, T, d]
-    q, k, v = qkv.reshape(B, T, 3, n_head, d).transpose(2, 0, 3, 1, 4)
-    # 2. similarity of every query to every key, scaled so its variance does not grow with d
+def attention_probs(q, k, causal):  # [B, H, T, d], [B, H, T, d] -> [B, H, T, T]
+    """Softmax of the scaled similarity of every query to every key: row i says how much token i reads
+    from each token. `causal` hides later tokens from earlier ones (the text encoder)."""
+    T, d = q.shape[-2:]
+    # similarity of every query to every key, scaled so its variance does not grow with d
     scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)  # [B, H, T, T]
-    # 3. causal mask: token t may only look at tokens <= t (OpenAI's build_attention_mask fills -inf above
-    #    the diagonal); the diagonal is never masked, so no row is all -inf
+    # causal mask: token t may only look at tokens <= t (OpenAI's build_attention_mask fills -inf above
+    # the diagonal); the diagonal is never masked, so no row is all -inf
     if causal:
         scores = scores + np.triu(np.full((T, T), -np.inf, dtype=scores.dtype), k=1)
-    # 4. attention probabilities, then the weighted average of the values
-    out = softmax(scores) @ v  # [B, H, T, T] @ [B, H, T, d] -> [B, H, T, d]
-    # 5. merge the heads back: [B, H, T, d] -> [B, T, D]
-    return out.transpose(0, 2, 1, 3).reshape(B, T, D)
+    return softmax(scores)
+
+
+def split_heads(qkv, n_head):  # [B, T, 3D] -> 3 x [B, H, T, d]
+    B, T, three_D = qkv.shape
+    return qkv.reshape(B, T, 3, n_head, three_D // 3 // n_head).transpose(2, 0, 3, 1, 4)
+
+
+def attention(qkv, n_head, causal):  # [B, T, 3D] -> [B, T, D]
+    """Multi-head scaled dot-product attention (Vaswani et al. 2017; CLIP paper section 2.4) on the output
+    of the stacked q/k/v projection."""
+    B, T, three_D = qkv.shape
+    q, k, v = split_heads(qkv, n_head)  # 1. split q, k, v and the heads: 3 x [B, H, T, d]
+    probs = attention_probs(q, k, causal)  # 2.-4. scores, causal mask, softmax: [B, H, T, T]
+    out = probs @ v  # 5. weighted average of the values: [B, H, T, d]
+    return out.transpose(0, 2, 1, 3).reshape(B, T, three_D // 3)  # 6. merge the heads: [B, T, D]
 
 
 def quick_gelu(x):  # [...] -> [...]

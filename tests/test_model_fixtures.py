@@ -12,7 +12,7 @@ from conftest import FIXTURES, record
 from seeded import ARCHS, TEXTS, fingerprint, seeded_images
 
 import miniclip
-from miniclip.backends import BACKENDS, get_backend
+from miniclip.backends import BACKENDS
 
 EMBED_RTOL = 1e-4
 LOGIT_ATOL = 1e-3
@@ -87,42 +87,35 @@ def test_matches_reference_from_the_other_layout_without_config(name, checkpoint
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
-def test_hidden_states_match_transformers_layer_by_layer(checkpoint, backend):
-    """Frozen reference activations at every stage (llm.c style): embeddings and each block's output, for
-    both towers of the odd-sized model, with every backend's ops."""
-    from miniclip import model as m
-
-    ops = get_backend(backend)
-
+def test_hidden_states_and_attentions_match_transformers(checkpoint, backend):
+    """Frozen reference activations at every stage (llm.c style), through return_hidden=True: the input of
+    every block and the last block's output (transformers' `hidden_states`), and every layer's attention
+    probabilities (`attentions`), for both towers of the odd-sized model, with every backend."""
     ref = fixture("odd_hf")
-    clip, _ = miniclip.load(checkpoint("odd_hf"))
-    cfg, p = clip.config, clip.params
-    kwargs = dict(act=cfg.activation, eps=cfg.layer_norm_eps, ops=ops)
+    model, _ = miniclip.load(checkpoint("odd_hf"), backend=backend)
+    images, tokens = seeded_images(ARCHS["odd_hf"]), ref["tokens"].astype(np.int64)
+    for tower, (features, hidden) in (("vision", model.encode_image(images, return_hidden=True)),
+                                      ("text", model.encode_text(tokens, return_hidden=True))):
+        for quantity in ("hidden_states", "attentions"):
+            expected = ref[f"{tower}_{quantity}"]
+            assert hidden[quantity].shape == expected.shape
+            err = float(np.abs(hidden[quantity] - expected).max())
+            record(f"odd_hf / {tower} {quantity} (abs, {backend})", err)
+            assert err < 1e-4, f"{tower} {quantity}: {err}"
+        plain = model.encode_image(images) if tower == "vision" else model.encode_text(tokens)
+        np.testing.assert_allclose(features, plain, rtol=1e-5, atol=1e-6)  # recording changes nothing
 
-    # vision: transformers' hidden_states[0] is the input of block 0, i.e. after ln_pre
-    images = seeded_images(ARCHS["odd_hf"])
-    v = p["visual"]
-    x = ops.linear(m.patchify(images, cfg.patch_size), v["conv1"]["weight"].reshape(cfg.vision_width, -1))
-    cls = np.broadcast_to(v["class_embedding"], (len(images), 1, cfg.vision_width))
-    x = ops.layer_norm(np.concatenate([cls, x], axis=1) + v["positional_embedding"], **v["ln_pre"])
-    hidden = [x]
-    for block in v["transformer"]["resblocks"]:
-        hidden.append(m.residual_attention_block(hidden[-1], **block, n_head=cfg.vision_heads, causal=False,
-                                                 **kwargs))
-    for i, h in enumerate(hidden):
-        err = np.abs(h - ref["vision_hidden_states"][i]).max()
-        record(f"odd_hf / vision hidden state (abs, {backend})", err)
-        assert err < 1e-4, f"vision hidden state {i}: {err}"
 
-    tokens = ref["tokens"].astype(np.int64)
-    x = p["token_embedding"]["weight"][tokens] + p["positional_embedding"][: tokens.shape[1]]
-    hidden = [x]
-    for block in p["transformer"]["resblocks"]:
-        hidden.append(m.residual_attention_block(hidden[-1], **block, n_head=cfg.text_heads, causal=True, **kwargs))
-    for i, h in enumerate(hidden):
-        err = np.abs(h - ref["text_hidden_states"][i]).max()
-        record(f"odd_hf / text hidden state (abs, {backend})", err)
-        assert err < 1e-4, f"text hidden state {i}: {err}"
+def test_recorded_steps_name_every_stage(checkpoint):
+    model, _ = miniclip.load(checkpoint("odd_oc"))
+    _, hidden = model.encode_image(seeded_images(ARCHS["odd_oc"])[:1], return_hidden=True)
+    names = [name for name, _ in hidden["steps"]]
+    assert names[:5] == ["visual.patchify", "visual.conv1", "visual.class_embedding",
+                         "visual.positional_embedding", "visual.ln_pre"]
+    assert names[-2:] == ["visual.ln_post", "visual.proj"]
+    assert "visual.transformer.resblocks.2.attn.probs" in names
+    shapes = dict(hidden["steps"])
+    assert shapes["visual.conv1"].shape == (1, 25, 96) and shapes["visual.proj"].shape == (1, 48)
 
 
 def test_attention_probabilities_are_far_from_uniform():
