@@ -27,7 +27,7 @@ WEIGHTS_ENV = "MINICLIP_WEIGHTS"
 
 # Modules that bring their own sub-commands: each defines `add_commands(subparsers)`.
 COMMAND_MODULES: tuple[str, ...] = ("miniclip.search", "miniclip.probe", "miniclip.registry", "miniclip.hub",
-                                   "miniclip.verify", "miniclip.convert")
+                                   "miniclip.verify", "miniclip.convert", "miniclip.explain")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
