@@ -13,6 +13,7 @@ from types import ModuleType
 BACKENDS = {  # name -> module
     "numpy": "miniclip.ops",  # the reference: plain NumPy, the spec
     "numba": "miniclip.numba_ops",  # fused CPU kernels
+    "cupy": "miniclip.cuda_ops",  # NVIDIA GPU: CuPy + cuBLAS + numba.cuda kernels (docs/cuda.md)
 }
 
 

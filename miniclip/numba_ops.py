@@ -184,47 +184,46 @@ def attention_heads(qkv, n_head, causal, out):  # [B, T, 3D], int, bool, [B, T, 
     B, T, three_D = qkv.shape
     D = three_D // 3
     d = D // n_head
+    Tp = (T + 7) // 8 * 8  # T rounded up: padded rows/keys are zeros, so every 4 x 4 tile is full
     scale = np.float32(1.0 / np.sqrt(d))
     src, dst = qkv.reshape(-1), out.reshape(-1)  # flat views: plain integer offsets vectorize best
     for task in prange(B * n_head):
         b, h = task // n_head, task % n_head
         # 1. gather this head's q (pre-scaled by 1/sqrt d), k and v^T from the stacked projection into
         #    small contiguous buffers (T x d each: cheap next to the T x T x d products below)
-        q = np.empty((T, d), np.float32)
-        k = np.empty((T, d), np.float32)
-        vt = np.empty((d, T), np.float32)
+        q = np.zeros((Tp, d), np.float32)
+        k = np.zeros((Tp, d), np.float32)
+        vt = np.zeros((d, Tp), np.float32)
         for t in range(T):
             row = (b * T + t) * three_D + h * d  # offset of q[t] in qkv; k[t] and v[t] follow at +D, +2D
             for c in range(d):
                 q[t, c] = src[row + c] * scale
                 k[t, c] = src[row + D + c]
                 vt[c, t] = src[row + 2 * D + c]
-        # 2. scores = q @ k^T: [T, T], with the register-tiled kernel of gemm.py
-        scores = np.empty((T, T), np.float32)
-        gemm.gemm_block(q, k, scores, 0, T, 0, T)
-        bits = np.empty(T, np.int32)
+        # 2. scores = q @ k^T: [Tp, Tp], with the register-tiled kernel of gemm.py
+        scores = np.empty((Tp, Tp), np.float32)
+        gemm.gemm_block(q, k, scores, 0, Tp, 0, Tp)
+        bits = np.empty(Tp, np.int32)
         for i in range(T):
             s = scores[i]
-            # 3. causal mask: query i sees keys 0..i only; the others get probability exactly 0
+            # 3. causal mask: query i sees keys 0..i only (and never the padding keys)
             n_keys = i + 1 if causal else T
-            for j in range(n_keys, T):
-                s[j] = -np.inf
-            # 4. softmax over each row
+            # 4. softmax over the visible keys; the others get probability exactly 0
             m = s[0]
             for j in range(1, n_keys):
                 m = max(m, s[j])
-            for j in range(T):
-                s[j] -= m
-            exp_inplace(s, bits)  # e^-inf comes out as e^-87 (clamped): set to 0 just below
+            for j in range(Tp):
+                s[j] = s[j] - m if j < n_keys else np.float32(-100.0)
+            exp_inplace(s, bits)
             total = np.float32(0.0)
             for j in range(n_keys):
                 total += s[j]
             inv = np.float32(1.0) / total
-            for j in range(T):
+            for j in range(Tp):
                 s[j] = s[j] * inv if j < n_keys else np.float32(0.0)
         # 5. out = probabilities @ v: [T, d], written straight into this head's columns of [B, T, D]
-        o = np.empty((T, d), np.float32)
-        gemm.gemm_block(scores, vt, o, 0, T, 0, d)
+        o = np.empty((Tp, d), np.float32)
+        gemm.gemm_block(scores, vt, o, 0, Tp, 0, d)
         for t in range(T):
             row = (b * T + t) * D + h * d
             for c in range(d):

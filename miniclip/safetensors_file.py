@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 from pathlib import Path
 
@@ -99,12 +100,30 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         begin, end = (data_start + o for o in info["data_offsets"])
         stored = _STORED_DTYPES[info["dtype"]]
         array = data[begin:end].view(stored).reshape(info["shape"])
-        if info["dtype"] == "BF16":
-            # bfloat16 is the top 16 bits of a float32: shift them into place and reinterpret.
-            array = (array.astype(np.uint32) << 16).view(np.float32)
-        elif info["dtype"] in ("F16", "F64"):
-            array = array.astype(np.float32)
+        if info["dtype"] in ("BF16", "F16", "F64"):
+            stored_array = array
+            if info["dtype"] == "BF16":  # bfloat16 is the top 16 bits of a float32: shift them into place
+                array = (stored_array.astype(np.uint32) << 16).view(np.float32)
+            else:
+                array = stored_array.astype(np.float32)
+            release(stored_array)  # the widened copy replaces the file's pages
         elif info["dtype"] == "F32" and not array.flags.aligned:
             array = array.copy()  # BLAS wants aligned data; headers padded to 8 bytes never get here
         tensors[name] = array
     return tensors
+
+
+def release(array: np.ndarray) -> None:
+    """Drop the file pages behind `array`, a view into a memory-mapped file, from this process's resident
+    memory (madvise MADV_DONTNEED) once its values have been copied elsewhere. Always safe: the pages are
+    read from the file again if touched. A no-op for arrays that are not views of a map."""
+    mapped = array
+    while isinstance(mapped.base, np.ndarray):
+        mapped = mapped.base
+    if not isinstance(mapped.base, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or array.nbytes == 0:
+        return
+    start = array.ctypes.data - mapped.ctypes.data
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # only whole pages inside the array
+    end = (start + array.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > first:
+        mapped.base.madvise(mmap.MADV_DONTNEED, first, end - first)

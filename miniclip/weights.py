@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import ACTIVATIONS, CLIPConfig
 from .errors import WeightsError
-from .safetensors_file import read_safetensors
+from .safetensors_file import read_safetensors, release
 
 HEAD_WIDTH = 64  # every published CLIP ViT-B/L and text tower uses 64-wide heads (ViT-H/g: see config files)
 
@@ -196,6 +196,8 @@ def from_transformers(tensors: dict[str, np.ndarray], source: str) -> dict[str, 
                         raise WeightsError(f"{source}: {hf_prefix}.self_attn q/k/v_proj.{kind} shapes differ: "
                                            f"{[t.shape for t in qkv]}")
                     params[f"{our_prefix}.attn.in_proj_{kind}"] = np.concatenate(qkv, axis=0)
+                    for t in qkv:  # the stacked copy replaces them: let their file pages go
+                        release(t)
     if missing:
         raise WeightsError(f"{source}: missing tensors: {', '.join(missing)}")
     unexpected = [n for n in tensors if n not in used and not _HF_IGNORED.match(n)]
