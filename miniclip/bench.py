@@ -250,6 +250,24 @@ def bench_cold(model_name: str, contenders: list[str], repeats: int = 3) -> list
     return rows
 
 
+def bench_gemm(model_name: str, batches: list[int]) -> list[dict]:
+    """GFLOP/s of BLAS and of the Numba GEMM (gemm.py) on the ViT's qkv, out_proj, fc1 and fc2 shapes."""
+    from . import gemm
+
+    cfg = ARCHITECTURES[model_name]
+    D, F, T = cfg.vision_width, cfg.vision_mlp_dim, cfg.grid_size**2 + 1
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in batches:
+        for name, K, N in (("qkv", D, 3 * D), ("out_proj", D, D), ("fc1", D, F), ("fc2", F, D)):
+            a = rng.standard_normal((batch * T, K), dtype=np.float32)
+            w = rng.standard_normal((N, K), dtype=np.float32)
+            speeds = {impl: 2 * batch * T * K * N / _time(lambda f=f, a=a, w=w: f(a, w), min_seconds=0.5) / 1e9
+                      for impl, f in gemm.IMPLEMENTATIONS.items()}
+            rows.append({"shape": f"{name} [{batch * T}, {K}] x [{K}, {N}]", "batch": batch, **speeds})
+    return rows
+
+
 def _to_transformers_names(tensors: dict[str, np.ndarray], cfg: CLIPConfig) -> dict[str, np.ndarray]:
     """Only for the load benchmark: the inverse of weights.from_transformers, checked by round trip."""
     from .weights import _HF_BLOCK, _HF_TOP, _HF_TOWERS, _HF_TRANSPOSED, from_transformers
@@ -291,11 +309,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load", action="store_true", help="measure loading time and peak memory instead")
     parser.add_argument("--cold", action="store_true",
                         help="cold start instead: fresh process, import + load + one image + one text")
+    parser.add_argument("--gemm", action="store_true", help="the matrix products alone: BLAS vs the Numba GEMM")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.worker:
         print(f"# {machine()}")
         print(f"# {' '.join(['python -m miniclip.bench', *(argv if argv is not None else sys.argv[1:])])}")
+    if args.gemm:
+        print("| product (batch) | BLAS GFLOP/s | Numba GEMM GFLOP/s | Numba / BLAS |")
+        print("|---|---|---|---|")
+        for r in bench_gemm(args.model, args.batch):
+            ratio = r["numba"] / r["blas"]
+            print(f"| {r['shape']} ({r['batch']}) | {r['blas']:.0f} | {r['numba']:.0f} | {ratio:.0%} |")
+        return
     if args.cold:
         contenders = list(args.backend) + (["torch"] if _importable("torch") and _importable("transformers") else [])
         print("| model | contender | cold start s | peak RSS MiB |")

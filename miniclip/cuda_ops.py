@@ -180,7 +180,11 @@ def _stream() -> Any:
 
 
 def _launch(kernel, blocks: int, threads: int, *args) -> None:
-    if not SIMULATOR:
+    if SIMULATOR:
+        # The simulator copies NumPy arguments in and back out; cuda.In skips the copy back, which would
+        # fail on read-only inputs (weights memory-mapped from their file).
+        args = tuple(cuda.In(a) if isinstance(a, np.ndarray) and not a.flags.writeable else a for a in args)
+    else:
         # sync=False: Numba would otherwise synchronize CuPy's stream before every launch; ordering is
         # already guaranteed by launching on that same stream
         args = tuple(cuda.as_cuda_array(a, sync=False) if isinstance(a, xp.ndarray) else a for a in args)

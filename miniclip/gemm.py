@@ -14,9 +14,10 @@ a dot product of two contiguous rows, and the kernel below is built around that:
 
 Real BLAS libraries go further (packing panels into the exact order the micro-kernel reads, hand-written
 assembly, 512-bit registers, prefetching) and reach 85-95% of the FMA peak; this kernel reaches about
-two thirds of OpenBLAS on CLIP's shapes (docs/performance.md). `matmul_nt` therefore uses whichever of
-the two was measured faster on this machine: decided once, stored in a small cache file, and
-overridable with MINICLIP_GEMM=blas|numba.
+half to two thirds of OpenBLAS on CLIP's large products, and matches or beats it on the small ones of
+batch 1 (docs/performance.md). `matmul_nt` therefore uses whichever of the two was measured faster on
+this machine, for small and for large products separately: decided once, stored in a small cache file,
+and overridable with MINICLIP_GEMM=blas|numba.
 """
 
 from __future__ import annotations
@@ -116,16 +117,22 @@ def _machine_key() -> str:
             f"|threads {numba.get_num_threads()}|OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
 
 
-def measure(M: int = 800, K: int = 768, N: int = 3072, repeats: int = 3) -> dict[str, float]:
-    """GFLOP/s of each implementation on one of CLIP's shapes (fc1 of ViT-B at batch 16)."""
+SMALL_M = 256  # up to this many rows (batch 1-4 of ViT-B/32) the choice is made separately: BLAS's
+# kernels are tuned for large products, and on small ones the simple kernel above can win
+
+
+def measure(M: int = 800, K: int = 768, N: int = 3072, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of each implementation on one of CLIP's shapes (fc1 of ViT-B at batch 16 by default): best of
+    `repeats`, the two alternating so that a burst of load elsewhere on the machine hits both alike."""
     rng = np.random.default_rng(0)
     a, w = rng.standard_normal((M, K), dtype=np.float32), rng.standard_normal((N, K), dtype=np.float32)
-    result = {}
-    for name, fn in IMPLEMENTATIONS.items():
+    best = {name: np.inf for name in IMPLEMENTATIONS}
+    for fn in IMPLEMENTATIONS.values():
         fn(a, w)  # warm-up (and JIT compilation)
-        best = min(_timed(fn, a, w) for _ in range(repeats))
-        result[name] = 2 * M * K * N / best / 1e9
-    return result
+    for _ in range(repeats):
+        for name, fn in IMPLEMENTATIONS.items():
+            best[name] = min(best[name], _timed(fn, a, w))
+    return {name: 2 * M * K * N / seconds / 1e9 for name, seconds in best.items()}
 
 
 def _timed(fn, a, w) -> float:
@@ -134,42 +141,43 @@ def _timed(fn, a, w) -> float:
     return time.perf_counter() - t0
 
 
-_chosen: str | None = None
+_chosen: dict[str, str] | None = None  # {"small": ..., "large": ...}
 
 
-def choice() -> str:
-    """"blas" or "numba": MINICLIP_GEMM if set, else the faster one on this machine (measured once)."""
+def choice(M: int = SMALL_M + 1) -> str:
+    """"blas" or "numba" for a product with M rows: MINICLIP_GEMM if set, else the faster one on this machine
+    for products of that size (measured once per machine, then read from a cache file)."""
     global _chosen
     if _chosen is None:
         forced = os.environ.get("MINICLIP_GEMM")
         if forced:
             if forced not in IMPLEMENTATIONS:
                 raise ValueError(f"MINICLIP_GEMM must be one of {list(IMPLEMENTATIONS)}, got {forced!r}")
-            _chosen = forced
+            _chosen = {"small": forced, "large": forced}
         else:
             _chosen = _cached_choice()
-    return _chosen
+    return _chosen["small" if M <= SMALL_M else "large"]
 
 
-def _cached_choice() -> str:
+def _cached_choice() -> dict[str, str]:
     path, key = _cache_file(), _machine_key()
     try:
         cached = json.loads(path.read_text())
-        if cached.get("machine") == key and cached.get("choice") in IMPLEMENTATIONS:
+        if cached.get("machine") == key and set(cached.get("choice", {}).values()) <= set(IMPLEMENTATIONS):
             return cached["choice"]
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
-    gflops = measure()
-    best = max(gflops, key=gflops.get)
+    speeds = {"small": measure(M=50), "large": measure(M=800)}
+    chosen = {size: max(gflops, key=gflops.get) for size, gflops in speeds.items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"machine": key, "choice": best, "gflops": gflops}))
+        tmp.write_text(json.dumps({"machine": key, "choice": chosen, "gflops": speeds}))
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only home only means measuring again next time
-    return best
+    return chosen
 
 
 def matmul_nt(a: np.ndarray, w: np.ndarray) -> np.ndarray:  # [M, K], [N, K] -> [M, N]
-    return IMPLEMENTATIONS[choice()](a, w)
+    return IMPLEMENTATIONS[choice(a.shape[0])](a, w)

@@ -57,10 +57,14 @@ def test_gemm_choice_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.delenv("MINICLIP_GEMM", raising=False)
     monkeypatch.setenv("MINICLIP_HOME", str(tmp_path))
     calls = []
-    monkeypatch.setattr(gemm, "measure", lambda: calls.append(1) or {"blas": 1.0, "numba": 2.0})
-    assert gemm.choice() == "numba"
+    def fake_measure(M):  # numba faster on small products, BLAS on large ones
+        calls.append(M)
+        return {"blas": 1.0, "numba": 2.0} if M <= gemm.SMALL_M else {"blas": 2.0, "numba": 1.0}
+
+    monkeypatch.setattr(gemm, "measure", fake_measure)
+    assert gemm.choice(50) == "numba" and gemm.choice(1600) == "blas"
     monkeypatch.setattr(gemm, "_chosen", None)
-    assert gemm.choice() == "numba" and len(calls) == 1  # second process: read from the cache file
+    assert gemm.choice(50) == "numba" and len(calls) == 2  # second process: read from the cache file
     assert (tmp_path / "gemm_choice.json").is_file()
 
 
