@@ -32,6 +32,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .paths import cache_dir
+
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 MB, NB = 64, 64  # rows of A and of W per parallel task (cache blocking)
 
@@ -100,9 +102,7 @@ IMPLEMENTATIONS = {"blas": blas_matmul_nt, "numba": numba_matmul_nt}
 
 
 def _cache_file() -> Path:
-    if os.environ.get("MINICLIP_HOME"):
-        return Path(os.environ["MINICLIP_HOME"]) / "gemm_choice.json"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "miniclip" / "gemm_choice.json"
+    return cache_dir() / "gemm_choice.json"
 
 
 def _machine_key() -> str:

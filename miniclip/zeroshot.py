@@ -43,6 +43,7 @@ import numpy as np
 
 from .errors import MiniclipError
 from .model import normalize
+from .paths import cache_dir
 from .tokenizer import tokenize
 
 __all__ = [
@@ -64,7 +65,6 @@ __all__ = [
 #: points over the bare class name. openai/CLIP's README spells it in lower case with a full stop.
 SIMPLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
-HOME_ENV = "MINICLIP_HOME"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,15 +226,6 @@ def classify(model, images: np.ndarray, classifier: np.ndarray, batch_size: int 
 # --------------------------------------------------------------------------------------------------
 # Model identity and on-disk files (shared with search.py)
 # --------------------------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Where miniclip caches computed files: ``$MINICLIP_HOME/cache``, else ``$XDG_CACHE_HOME/miniclip``,
-    else ``~/.cache/miniclip``."""
-    if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]) / "cache"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "miniclip"
 
 
 def _leaves(node, prefix: str = ""):

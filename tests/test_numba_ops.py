@@ -65,7 +65,7 @@ def test_gemm_choice_is_measured_once_and_cached(monkeypatch, tmp_path):
     assert gemm.choice(50) == "numba" and gemm.choice(1600) == "blas"
     monkeypatch.setattr(gemm, "_chosen", None)
     assert gemm.choice(50) == "numba" and len(calls) == 2  # second process: read from the cache file
-    assert (tmp_path / "gemm_choice.json").is_file()
+    assert (tmp_path / "cache" / "gemm_choice.json").is_file()
 
 
 @pytest.mark.parametrize("act", ["quick_gelu", "gelu", None])
