@@ -109,15 +109,11 @@ def bench_forward(model_name: str, backend: str, batches: list[int]) -> list[dic
     return rows
 
 
-def bench_transformers(model_name: str, batches: list[int]) -> list[dict]:
-    """PyTorch + transformers CLIPModel with the same shapes (random init), float32, all cores: what a user
-    would otherwise run. Texts are padded to the batch's longest, as `padding=True` does."""
+def _transformers_model(cfg: CLIPConfig):
+    """transformers' CLIPModel with the shapes of `cfg` (random init), float32, on all cores."""
     import torch
     import transformers
 
-    from . import tokenize
-
-    cfg = ARCHITECTURES[model_name]
     torch.set_num_threads(os.cpu_count() or 1)
     config = transformers.CLIPConfig(
         projection_dim=cfg.embed_dim,
@@ -127,7 +123,18 @@ def bench_transformers(model_name: str, batches: list[int]) -> list[dict]:
         vision_config=dict(hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp_dim,
                            num_attention_heads=cfg.vision_heads, num_hidden_layers=cfg.vision_layers,
                            image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_act=cfg.activation))
-    model = transformers.CLIPModel(config).eval()
+    return transformers.CLIPModel(config).eval()
+
+
+def bench_transformers(model_name: str, batches: list[int]) -> list[dict]:
+    """PyTorch + transformers CLIPModel with the same shapes (random init), float32, all cores: what a user
+    would otherwise run. Texts are padded to the batch's longest, as `padding=True` does."""
+    import torch
+
+    from . import tokenize
+
+    cfg = ARCHITECTURES[model_name]
+    model = _transformers_model(cfg)
     rows = []
     with torch.inference_mode():
         for batch in batches:
@@ -142,6 +149,61 @@ def bench_transformers(model_name: str, batches: list[int]) -> list[dict]:
                 mask = torch.from_numpy((np.arange(used) <= tokens.argmax(-1)[:, None]).astype(np.int64))
                 rows.append(_rows(model_name, "torch", cfg, batch, kind, _time(
                     lambda i=ids, m=mask: model.get_text_features(input_ids=i, attention_mask=m)), used))
+    return rows
+
+
+def bench_onnxruntime(model_name: str, batches: list[int]) -> list[dict]:
+    """ONNX Runtime on transformers' CLIPModel exported to ONNX (needs torch + transformers to export, and
+    onnxruntime): the image and text towers with dynamic batch (and text length), all cores."""
+    import tempfile as _tempfile
+
+    import onnxruntime as ort
+    import torch
+
+    from . import tokenize
+
+    cfg = ARCHITECTURES[model_name]
+    model = _transformers_model(cfg)
+
+    class Tower(torch.nn.Module):  # the model as a submodule, so that export keeps weights as initializers
+        def __init__(self, image: bool):
+            super().__init__()
+            self.clip, self.image = model, image
+
+        def forward(self, *inputs):
+            if self.image:
+                out = self.clip.get_image_features(pixel_values=inputs[0])
+            else:
+                out = self.clip.get_text_features(input_ids=inputs[0], attention_mask=inputs[1])
+            return getattr(out, "pooler_output", out)
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    rows = []
+    with _tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        image_path, text_path = str(Path(tmp) / "image.onnx"), str(Path(tmp) / "text.onnx")
+        torch.onnx.export(Tower(image=True), (torch.zeros(1, 3, cfg.image_size, cfg.image_size),), image_path,
+                          input_names=["pixel_values"], dynamic_axes={"pixel_values": {0: "batch"}}, dynamo=False)
+        ids = torch.tensor([[49406, 320, 1929, 49407]])
+        torch.onnx.export(Tower(image=False), (ids, torch.ones_like(ids)), text_path,
+                          input_names=["input_ids", "attention_mask"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "T"}, "attention_mask": {0: "batch", 1: "T"}},
+                          dynamo=False)
+        image_session = ort.InferenceSession(image_path, options, providers=["CPUExecutionProvider"])
+        text_session = ort.InferenceSession(text_path, options, providers=["CPUExecutionProvider"])
+        for batch in batches:
+            inputs = bench_inputs(cfg, batch)
+            pixels = inputs["image"]
+            rows.append(_rows(model_name, "onnxruntime", cfg, batch, "image",
+                              _time(lambda x=pixels: image_session.run(None, {"pixel_values": x})),
+                              cfg.grid_size**2 + 1))
+            for kind in ("text77", "captions"):
+                tokens = tokenize(inputs[kind], cfg.context_length)
+                used = int(tokens.argmax(-1).max()) + 1
+                feed = {"input_ids": tokens[:, :used].astype(np.int64),
+                        "attention_mask": (np.arange(used) <= tokens.argmax(-1)[:, None]).astype(np.int64)}
+                rows.append(_rows(model_name, "onnxruntime", cfg, batch, kind,
+                                  _time(lambda f=feed: text_session.run(None, f)), used))
     return rows
 
 
@@ -338,13 +400,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.worker:  # one contender, in this process: print the rows as JSON for the parent
         backend = args.backend[0]
-        rows = bench_transformers(args.model, args.batch) if backend == "torch" else \
-            bench_forward(args.model, backend, args.batch)
+        runner = {"torch": bench_transformers, "onnxruntime": bench_onnxruntime}.get(backend)
+        rows = runner(args.model, args.batch) if runner else bench_forward(args.model, backend, args.batch)
         print(json.dumps(rows))
         return
     contenders = list(args.backend)
     if "torch" not in contenders and _importable("torch") and _importable("transformers"):
         contenders.append("torch")
+        if "onnxruntime" not in contenders and _importable("onnxruntime") and _importable("onnx"):
+            contenders.append("onnxruntime")
     print(f"# SGEMM peak: {peak_gflops():.0f} GFLOP/s (best 2048^3 BLAS product, all cores); contenders: "
           + ", ".join(contenders))
     print("| model | backend | input | batch | tokens | ms / batch | items / s | GFLOP/s | % of SGEMM peak |")
