@@ -39,6 +39,7 @@ import numba
 import numpy as np
 from numba import cuda
 
+from . import ops
 from .errors import MiniclipError
 
 name = "cupy"
@@ -197,7 +198,8 @@ def _elementwise_blocks(n: int) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # Kernels. Constants are float32 so that the GPU computes in float32, as the reference does (a Python
-# float literal would make Numba compute in float64).
+# float literal would make Numba compute in float64). No min()/max() of scalars: Numba 0.68's CUDA target
+# resolves them to its iterable overload and fails to compile; comparisons say the same.
 
 ZERO, HALF, ONE = np.float32(0.0), np.float32(0.5), np.float32(1.0)
 NEG_INF = np.float32(-np.inf)
@@ -214,7 +216,8 @@ def bias_act_kernel(y, bias, act):  # y: [M * N] flat, in place; bias: [N]: y = 
     for k in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):  # grid-stride: any size, any grid
         v = y[k] + bias[k % N]
         if act == QUICK_GELU:
-            v = v / (ONE + math.exp(min(QUICK_GELU_SLOPE * v, EXP_CLIP)))
+            z = QUICK_GELU_SLOPE * v
+            v = v / (ONE + math.exp(z if z < EXP_CLIP else EXP_CLIP))
         elif act == GELU:
             v = HALF * v * math.erfc(-v * INV_SQRT2)
         y[k] = v
@@ -251,7 +254,7 @@ def block_max(value, partial):  # the max of `value` over the block's threads, g
     cuda.syncthreads()
     total = NEG_INF
     for i in range(ROW_THREADS):
-        total = max(total, partial[i])
+        total = partial[i] if partial[i] > total else total
     return total
 
 
@@ -289,7 +292,8 @@ def softmax_kernel(scores, sqrt_d, causal):  # [R, T] in place, R = B*H*T rows o
         # scores scaled as q @ k^T / sqrt(d); their max is subtracted before exp to avoid overflow
         m = NEG_INF
         for j in range(t, n_keys, ROW_THREADS):
-            m = max(m, scores[row, j] / sqrt_d)
+            m_j = scores[row, j] / sqrt_d
+            m = m_j if m_j > m else m
         m = block_max(m, partial_a)
         s = ZERO
         for j in range(t, n_keys, ROW_THREADS):
@@ -334,24 +338,27 @@ def layer_norm(x, weight, bias, eps=1e-5):  # [..., D], [D], [D] -> [..., D]
     return _result(out.reshape(x.shape), *inputs)
 
 
+def attention_probs(q, k, causal):  # [B, H, T, d], [B, H, T, d] -> [B, H, T, T]
+    """ops.attention_probs: the scores by one batched cuBLAS product, then their scaling by 1/sqrt(d), the
+    causal mask and the softmax by softmax_kernel, in place (a block per row of scores)."""
+    inputs = (q, k)
+    q, k = xp.asarray(q, dtype=np.float32), xp.asarray(k, dtype=np.float32)
+    T, d = q.shape[-2:]
+    scores = xp.matmul(q, k.transpose(0, 1, 3, 2))  # [B, H, T, T], not yet scaled; new and contiguous
+    _launch(softmax_kernel, min(MAX_BLOCKS, scores.size // T), ROW_THREADS, scores.reshape(-1, T),
+            np.float32(math.sqrt(d)), bool(causal))
+    return _result(scores, *inputs)
+
+
 def attention(qkv, n_head, causal):  # [B, T, 3D] -> [B, T, D]
-    """ops.attention, step for step: the two products by cuBLAS (batched over batch x heads), the scaled
-    and masked softmax by softmax_kernel, in place on the scores."""
+    """ops.attention, step for step (the two products batched over batch x heads by cuBLAS)."""
     inputs = (qkv,)
     qkv = xp.asarray(qkv, dtype=np.float32)
     B, T, three_D = qkv.shape
-    D = three_D // 3
-    d = D // n_head
-    # 1. split q, k, v and the heads: [B, T, 3D] -> 3 x [B, H, T, d] (views; cupy.matmul copies as needed)
-    q, k, v = qkv.reshape(B, T, 3, n_head, d).transpose(2, 0, 3, 1, 4)
-    # 2. similarity of every query to every key (scaled by 1/sqrt(d) inside the kernel)
-    scores = xp.matmul(q, k.transpose(0, 1, 3, 2))  # [B, H, T, T], fresh and contiguous
-    # 3. + 4. causal mask and softmax, one block per row of scores
-    _launch(softmax_kernel, min(MAX_BLOCKS, B * n_head * T), ROW_THREADS, scores.reshape(-1, T),
-            np.float32(math.sqrt(d)), bool(causal))
-    out = xp.matmul(scores, v)  # [B, H, T, T] @ [B, H, T, d] -> [B, H, T, d]
-    # 5. merge the heads back: [B, H, T, d] -> [B, T, D]
-    return _result(out.transpose(0, 2, 1, 3).reshape(B, T, D), *inputs)
+    q, k, v = ops.split_heads(qkv, n_head)  # 1. split q, k, v and the heads: 3 x [B, H, T, d] (views)
+    probs = attention_probs(q, k, causal)  # 2.-4. scores, causal mask, softmax: [B, H, T, T]
+    out = xp.matmul(probs, v)  # 5. weighted average of the values: [B, H, T, d]
+    return _result(out.transpose(0, 2, 1, 3).reshape(B, T, three_D // 3), *inputs)  # 6. merge the heads
 
 
 def softmax(x):  # [..., N] -> [..., N]: ops.softmax, by the attention kernel without scale or mask

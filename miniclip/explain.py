@@ -36,7 +36,7 @@ def patch_similarity(model: CLIP, hidden: dict, text_features: np.ndarray) -> np
     visual, cfg = model.params["visual"], model.config
     patches = hidden["hidden_states"][-1][0, 1:]  # the last block's output for the patch tokens: [N, D]
     patches = model.ops.layer_norm(patches, **visual["ln_post"], eps=cfg.layer_norm_eps)
-    patches = np.asarray(model.ops.linear(patches, visual["proj"].T))  # [N, E], as the class token is projected
+    patches = model.ops.to_host(model.ops.linear(patches, visual["proj"].T))  # [N, E], as the class token
     similarity = normalize(patches) @ normalize(text_features[None])[0]  # [N]
     return similarity.reshape(cfg.grid_size, cfg.grid_size)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import CLIPConfig
 from .errors import MiniclipError
-from .ops import attention_probs, split_heads
+from .ops import split_heads
 
 
 def unflatten(flat: dict[str, np.ndarray]) -> dict:
@@ -61,7 +61,8 @@ def residual_attention_block(x, ln_1, attn, ln_2, mlp, *, n_head, causal, act, e
     h = ops.layer_norm(x, **ln_1, eps=eps)
     qkv = ops.linear(h, attn["in_proj_weight"], attn["in_proj_bias"])  # [B, T, D] -> [B, T, 3D]
     if rec is not None:  # the probabilities, recomputed by the reference (backends need not produce them)
-        rec.attentions.append(rec.step(f"{name}.attn.probs", attention_probs(*split_heads(qkv, n_head)[:2], causal)))
+        probs = ops.attention_probs(*split_heads(qkv, n_head)[:2], causal)  # [B, H, T, T]
+        rec.attentions.append(rec.step(f"{name}.attn.probs", probs))
     h = ops.attention(qkv, n_head, causal)  # [B, T, 3D] -> [B, T, D]
     if keep is not None:  # after attention, tokens no longer mix: the rest of the block is per token
         x, h = x[:, keep], h[:, keep]
@@ -149,7 +150,7 @@ class CLIP:
     def __init__(self, params: dict[str, np.ndarray], config: CLIPConfig, ops):
         self.config = config
         self.ops = ops
-        self.params = unflatten(params)
+        self.params = unflatten(ops.prepare(params))  # a GPU backend uploads the weights once
 
     @property
     def logit_scale(self) -> np.ndarray:  # the learned temperature, stored as its log (section 2.5)
@@ -169,9 +170,9 @@ class CLIP:
         if not np.issubdtype(images.dtype, np.floating):
             raise MiniclipError(f"encode_image expects float pixels from preprocess(), got dtype {images.dtype}")
         rec = Recorder() if return_hidden else None
-        features = np.asarray(vision_transformer(images.astype(np.float32, copy=False), self.params["visual"],
-                                                 self.config, self.ops, rec))
-        return (features, _hidden(rec)) if return_hidden else features
+        pixels = self.ops.to_device(images.astype(np.float32, copy=False))
+        features = self.ops.to_host(vision_transformer(pixels, self.params["visual"], self.config, self.ops, rec))
+        return (features, _hidden(rec, self.ops.to_host)) if return_hidden else features
 
     def encode_text(self, tokens: np.ndarray, return_hidden: bool = False):  # [B, T] -> [B, E] float32
         """Text features (not normalized) for token ids from miniclip.tokenize. With return_hidden=True,
@@ -184,8 +185,8 @@ class CLIP:
         if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
             raise MiniclipError(f"token ids must lie in [0, {V}), found {tokens.min()}..{tokens.max()}")
         rec = Recorder() if return_hidden else None
-        features = np.asarray(text_transformer(tokens, self.params, self.config, self.ops, rec))
-        return (features, _hidden(rec)) if return_hidden else features
+        features = self.ops.to_host(text_transformer(tokens, self.params, self.config, self.ops, rec))
+        return (features, _hidden(rec, self.ops.to_host)) if return_hidden else features
 
     def __call__(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits_per_image [B_img, B_txt], logits_per_text [B_txt, B_img]): the cosine similarity of every
@@ -196,7 +197,7 @@ class CLIP:
         return logits_per_image, logits_per_image.T
 
 
-def _hidden(rec: Recorder) -> dict:
-    return {"hidden_states": np.stack([np.asarray(h) for h in rec.hidden_states]),
-            "attentions": np.stack([np.asarray(a) for a in rec.attentions]),
-            "steps": [(name, np.asarray(x)) for name, x in rec.steps]}
+def _hidden(rec: Recorder, to_host) -> dict:
+    return {"hidden_states": np.stack([to_host(h) for h in rec.hidden_states]),
+            "attentions": np.stack([to_host(a) for a in rec.attentions]),
+            "steps": [(name, to_host(x)) for name, x in rec.steps]}

@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import gemm
+from .ops import attention_probs, prepare, to_device, to_host  # noqa: F401  (same as the reference)
 
 name = "numba"
 

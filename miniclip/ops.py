@@ -14,6 +14,20 @@ import numpy as np
 name = "numpy"
 
 
+# Where arrays live. A GPU backend uploads the weights once and moves inputs and results; for the CPU
+# backends these are the identity (to_host: a NumPy array).
+def prepare(params):  # {name: array} -> {name: array} as the backend computes with them
+    return params
+
+
+def to_device(x):
+    return x
+
+
+def to_host(x):
+    return np.asarray(x)
+
+
 def linear(x, weight, bias=None, *, act=None, residual=None):  # [..., D_in], [D_out, D_in], [D_out] -> [..., D_out]
     """PyTorch's nn.Linear (weights stored [out, in], as in every CLIP checkpoint), optionally followed by an
     activation (`act`: "quick_gelu" or "gelu") or added to a residual stream (`residual`, shaped like the

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, record
 from seeded import ARCHS, TEXTS, fingerprint, seeded_images
+from test_cuda_ops import backend_params
 
 import miniclip
-from miniclip.backends import BACKENDS
 
 EMBED_RTOL = 1e-4
 LOGIT_ATOL = 1e-3
@@ -59,7 +59,7 @@ def test_tokenize_gives_the_reference_tokens(name):
     np.testing.assert_array_equal(tokens, ref["tokens"])
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", backend_params())  # "cupy" needs a GPU
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_matches_reference_in_its_own_layout(name, backend, checkpoint):
     """Each architecture loaded from the layout its reference read, with that layout's config file."""
@@ -86,7 +86,7 @@ def test_matches_reference_from_the_other_layout_without_config(name, checkpoint
         assert inferred.vision_heads == max(1, arch.config.vision_width // 64)
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", backend_params())  # "cupy" needs a GPU
 def test_hidden_states_and_attentions_match_transformers(checkpoint, backend):
     """Frozen reference activations at every stage (llm.c style), through return_hidden=True: the input of
     every block and the last block's output (transformers' `hidden_states`), and every layer's attention
