@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load", action="store_true", help="measure loading time and peak memory instead")
     parser.add_argument("--cold", action="store_true",
                         help="cold start instead: fresh process, import + load + one image + one text")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the contenders (default 2)")
     parser.add_argument("--gemm", action="store_true", help="the matrix products alone: BLAS vs the Numba GEMM")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -410,24 +411,30 @@ def main(argv: list[str] | None = None) -> None:
         if "onnxruntime" not in contenders and _importable("onnxruntime") and _importable("onnx"):
             contenders.append("onnxruntime")
     print(f"# SGEMM peak: {peak_gflops():.0f} GFLOP/s (best 2048^3 BLAS product, all cores); contenders: "
-          + ", ".join(contenders))
+          + ", ".join(contenders) + f"; best of {args.rounds} interleaved rounds")
+    # The machines are shared and their speed drifts by tens of percent within minutes, so the contenders
+    # take turns (round 1: a, b, c; round 2: a, b, c; ...) and each keeps its best time per measurement.
+    best: dict[tuple, dict] = {}
+    for _ in range(args.rounds):
+        for backend in contenders:  # each in a fresh process: no thread pool or cache carries over
+            command = [sys.executable, "-m", "miniclip.bench", "--worker", "--model", args.model, "--backend",
+                       backend, "--batch", *map(str, args.batch)]
+            out = subprocess.run(command, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"# {backend} failed: {' '.join(out.stderr.strip().splitlines()[-1:])}")
+                continue
+            time.sleep(1.0)  # let the previous process's thread pools wind down
+            for r in json.loads(out.stdout.strip().splitlines()[-1]):
+                key = (r["backend"], r["kind"], r["batch"])
+                if key not in best or r["ms_per_batch"] < best[key]["ms_per_batch"]:
+                    best[key] = r
     print("| model | backend | input | batch | tokens | ms / batch | items / s | GFLOP/s | % of SGEMM peak |")
     print("|---|---|---|---|---|---|---|---|---|")
-    results = []
-    for backend in contenders:  # each in a fresh process: no thread pool or cache carries over
-        command = [sys.executable, "-m", "miniclip.bench", "--worker", "--model", args.model, "--backend", backend,
-                   "--batch", *map(str, args.batch)]
-        out = subprocess.run(command, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"| {args.model} | {backend} | failed: {' '.join(out.stderr.strip().splitlines()[-1:])} |||||||")
-            continue
-        time.sleep(1.0)  # let the previous process's thread pools wind down
-        for r in json.loads(out.stdout.strip().splitlines()[-1]):
-            results.append(r)
-            print(f"| {r['model']} | {r['backend']} | {r['kind']} | {r['batch']} | {r['tokens']} | "
-                  f"{r['ms_per_batch']:.1f} | {r['items_per_s']:.1f} | {r['gflops']:.0f} | "
-                  f"{100 * r['gflops'] / peak_gflops():.0f}% |")
-    _print_ratios(results)
+    for r in best.values():
+        print(f"| {r['model']} | {r['backend']} | {r['kind']} | {r['batch']} | {r['tokens']} | "
+              f"{r['ms_per_batch']:.1f} | {r['items_per_s']:.1f} | {r['gflops']:.0f} | "
+              f"{100 * r['gflops'] / peak_gflops():.0f}% |")
+    _print_ratios(list(best.values()))
 
 
 def _print_ratios(results: list[dict]) -> None:
