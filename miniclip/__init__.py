@@ -40,7 +40,8 @@ def load(source: str | os.PathLike, backend: str = "numpy", activation: str | No
     `activation` ("quick_gelu" for OpenAI weights, "gelu" for LAION-trained ones) is only needed when no
     config file sits beside the weights; without either, "quick_gelu" is assumed with a warning.
 
-    `backend`: "numpy" (the reference), "numba" (fused CPU kernels) or "auto" (numba when available).
+    `backend`: "numpy" (the reference), "numba" (fused CPU kernels), "cupy" (NVIDIA GPU) or "auto" (numba
+    when available).
     `threads`: threads for the numba kernels (default: NUMBA_NUM_THREADS, i.e. all cores).
     """
     ops = get_backend(backend, threads)
