@@ -14,10 +14,10 @@ a dot product of two contiguous rows, and the kernel below is built around that:
 
 Real BLAS libraries go further (packing panels into the exact order the micro-kernel reads, hand-written
 assembly, 512-bit registers, prefetching) and reach 85-95% of the FMA peak; this kernel reaches about
-half to two thirds of OpenBLAS on CLIP's large products, and matches or beats it on the small ones of
-batch 1 (docs/performance.md). `matmul_nt` therefore uses whichever of the two was measured faster on
-this machine, for small and for large products separately: decided once, stored in a small cache file,
-and overridable with MINICLIP_GEMM=blas|numba.
+half to two thirds of OpenBLAS on CLIP's large products and about as fast on the small ones of batch 1
+(docs/performance.md). `matmul_nt` therefore uses BLAS unless the Numba kernel measured clearly faster on
+this machine (a BLAS stuck on a slow kernel): decided once, stored in a small cache file, and
+overridable with MINICLIP_GEMM=blas|numba.
 """
 
 from __future__ import annotations
@@ -117,8 +117,7 @@ def _machine_key() -> str:
             f"|threads {numba.get_num_threads()}|OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
 
 
-SMALL_M = 256  # up to this many rows (batch 1-4 of ViT-B/32) the choice is made separately: BLAS's
-# kernels are tuned for large products, and on small ones the simple kernel above can win
+NUMBA_MARGIN = 1.25  # how much faster the Numba GEMM must measure to be chosen over BLAS (see _cached_choice)
 
 
 def measure(M: int = 800, K: int = 768, N: int = 3072, repeats: int = 5) -> dict[str, float]:
@@ -141,38 +140,42 @@ def _timed(fn, a, w) -> float:
     return time.perf_counter() - t0
 
 
-_chosen: dict[str, str] | None = None  # {"small": ..., "large": ...}
+_chosen: str | None = None
 
 
-def choice(M: int = SMALL_M + 1) -> str:
-    """"blas" or "numba" for a product with M rows: MINICLIP_GEMM if set, else the faster one on this machine
-    for products of that size (measured once per machine, then read from a cache file)."""
+def choice() -> str:
+    """"blas" or "numba": MINICLIP_GEMM if set, else the faster one on this machine (measured once per
+    machine, then read from a cache file)."""
     global _chosen
     if _chosen is None:
         forced = os.environ.get("MINICLIP_GEMM")
         if forced:
             if forced not in IMPLEMENTATIONS:
                 raise ValueError(f"MINICLIP_GEMM must be one of {list(IMPLEMENTATIONS)}, got {forced!r}")
-            _chosen = {"small": forced, "large": forced}
+            _chosen = forced
         else:
             _chosen = _cached_choice()
-    return _chosen["small" if M <= SMALL_M else "large"]
+    return _chosen
 
 
-def _cached_choice() -> dict[str, str]:
+def _cached_choice() -> str:
     path, key = _cache_file(), _machine_key()
     try:
         cached = json.loads(path.read_text())
-        if cached.get("machine") == key and set(cached.get("choice", {}).values()) <= set(IMPLEMENTATIONS):
+        if cached.get("machine") == key and cached.get("choice") in IMPLEMENTATIONS:
             return cached["choice"]
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         pass
-    speeds = {"small": measure(M=50), "large": measure(M=800)}
-    chosen = {size: max(gflops, key=gflops.get) for size, gflops in speeds.items()}
+    gflops = measure()
+    # BLAS unless the Numba kernel is clearly faster (a BLAS stuck on a slow kernel): one measurement on a
+    # shared machine is noisy, and inside the model a BLAS call also shares the cores better with the other
+    # kernels than a parallel Numba one (measured: the Numba GEMM at batch 1 looked 10% faster alone but made
+    # the whole model 25% slower).
+    chosen = "numba" if gflops["numba"] > NUMBA_MARGIN * gflops["blas"] else "blas"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"machine": key, "choice": chosen, "gflops": speeds}))
+        tmp.write_text(json.dumps({"machine": key, "choice": chosen, "gflops": gflops}))
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only home only means measuring again next time
@@ -180,4 +183,4 @@ def _cached_choice() -> dict[str, str]:
 
 
 def matmul_nt(a: np.ndarray, w: np.ndarray) -> np.ndarray:  # [M, K], [N, K] -> [M, N]
-    return IMPLEMENTATIONS[choice(a.shape[0])](a, w)
+    return IMPLEMENTATIONS[choice()](a, w)

@@ -57,14 +57,10 @@ def test_gemm_choice_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.delenv("MINICLIP_GEMM", raising=False)
     monkeypatch.setenv("MINICLIP_HOME", str(tmp_path))
     calls = []
-    def fake_measure(M):  # numba faster on small products, BLAS on large ones
-        calls.append(M)
-        return {"blas": 1.0, "numba": 2.0} if M <= gemm.SMALL_M else {"blas": 2.0, "numba": 1.0}
-
-    monkeypatch.setattr(gemm, "measure", fake_measure)
-    assert gemm.choice(50) == "numba" and gemm.choice(1600) == "blas"
+    monkeypatch.setattr(gemm, "measure", lambda: calls.append(1) or {"blas": 1.0, "numba": 2.0})
+    assert gemm.choice() == "numba"
     monkeypatch.setattr(gemm, "_chosen", None)
-    assert gemm.choice(50) == "numba" and len(calls) == 2  # second process: read from the cache file
+    assert gemm.choice() == "numba" and len(calls) == 1  # second process: read from the cache file
     assert (tmp_path / "cache" / "gemm_choice.json").is_file()
 
 
@@ -117,3 +113,11 @@ def test_attention_is_causal():
     a, b = nbo.attention(qkv, 1, True), nbo.attention(changed, 1, True)
     np.testing.assert_array_equal(a[0, :7], b[0, :7])
     assert not np.allclose(a[0, 7:], b[0, 7:])
+
+
+def test_gemm_choice_keeps_blas_unless_numba_is_clearly_faster(monkeypatch, tmp_path):
+    monkeypatch.setattr(gemm, "_chosen", None)
+    monkeypatch.delenv("MINICLIP_GEMM", raising=False)
+    monkeypatch.setenv("MINICLIP_HOME", str(tmp_path))
+    monkeypatch.setattr(gemm, "measure", lambda: {"blas": 1.0, "numba": 1.1})
+    assert gemm.choice() == "blas"
