@@ -3,7 +3,8 @@
 Every function states its shapes: B batch, S image side, P patch side, N = (S/P)^2 patches,
 T tokens, D width (D_v vision, D_t text), E embedding width, F MLP width. Parameters keep the
 names of OpenAI's checkpoints (see weights.py). The arithmetic is done by `ops`, a backend module with
-linear / layer_norm / attention / activation (ops.py is the NumPy reference); this file only says what.
+linear / layer_norm / attention (ops.py is the NumPy reference; numba_ops.py and cuda_ops.py the fast ones),
+plus prepare / to_device / to_host for backends whose arrays live on a GPU; this file only says what.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def residual_attention_block(x, ln_1, attn, ln_2, mlp, *, n_head, causal, act, e
     those tokens only, when nothing reads the others: every token is still attended to."""
     h = ops.layer_norm(x, **ln_1, eps=eps)
     qkv = ops.linear(h, attn["in_proj_weight"], attn["in_proj_bias"])  # [B, T, D] -> [B, T, 3D]
-    if rec is not None:  # the probabilities, recomputed by the reference (backends need not produce them)
+    if rec is not None:  # the probabilities, computed apart: ops.attention (fused in fast backends) keeps none
         probs = ops.attention_probs(*split_heads(qkv, n_head)[:2], causal)  # [B, H, T, T]
         rec.attentions.append(rec.step(f"{name}.attn.probs", probs))
     h = ops.attention(qkv, n_head, causal)  # [B, T, 3D] -> [B, T, D]
