@@ -126,29 +126,37 @@ def _transformers_model(cfg: CLIPConfig):
     return transformers.CLIPModel(config).eval()
 
 
-def bench_transformers(model_name: str, batches: list[int]) -> list[dict]:
-    """PyTorch + transformers CLIPModel with the same shapes (random init), float32, all cores: what a user
-    would otherwise run. Texts are padded to the batch's longest, as `padding=True` does."""
+def bench_transformers(model_name: str, batches: list[int], device: str = "cpu") -> list[dict]:
+    """PyTorch + transformers CLIPModel with the same shapes (random init), float32, all cores (or a GPU with
+    device="cuda", TF32 off, inputs uploaded and features downloaded inside the timing as miniclip's are):
+    what a user would otherwise run. Texts are padded to the batch's longest, as `padding=True` does."""
     import torch
 
     from . import tokenize
 
     cfg = ARCHITECTURES[model_name]
-    model = _transformers_model(cfg)
+    contender = "torch" if device == "cpu" else f"torch-{device}"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # float32 as miniclip
+    model = _transformers_model(cfg).to(device)
+
+    def features(out):  # transformers 5 returns an output object, 4 a tensor; copied to the host
+        return getattr(out, "pooler_output", out).cpu()
+
     rows = []
     with torch.inference_mode():
         for batch in batches:
             inputs = bench_inputs(cfg, batch)
             pixels = torch.from_numpy(inputs["image"])
-            rows.append(_rows(model_name, "torch", cfg, batch, "image",
-                              _time(lambda x=pixels: model.get_image_features(pixel_values=x)), cfg.grid_size**2 + 1))
+            rows.append(_rows(model_name, contender, cfg, batch, "image", _time(
+                lambda x=pixels: features(model.get_image_features(pixel_values=x.to(device)))), cfg.grid_size**2 + 1))
             for kind in ("text77", "captions"):
                 tokens = tokenize(inputs[kind], cfg.context_length)
                 used = int(tokens.argmax(-1).max()) + 1
                 ids = torch.from_numpy(tokens[:, :used])  # padded to the longest text, as padding=True gives
                 mask = torch.from_numpy((np.arange(used) <= tokens.argmax(-1)[:, None]).astype(np.int64))
-                rows.append(_rows(model_name, "torch", cfg, batch, kind, _time(
-                    lambda i=ids, m=mask: model.get_text_features(input_ids=i, attention_mask=m)), used))
+                rows.append(_rows(model_name, contender, cfg, batch, kind, _time(
+                    lambda i=ids, m=mask: features(model.get_text_features(input_ids=i.to(device),
+                                                                           attention_mask=m.to(device)))), used))
     return rows
 
 
@@ -366,7 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m miniclip.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="ViT-B-32", choices=list(ARCHITECTURES))
     parser.add_argument("--backend", nargs="+", default=["numpy", "numba"],
-                        help="miniclip backends, and 'torch' for transformers' CLIPModel (added when installed)")
+                        help="miniclip backends (numpy, numba, cupy), and 'torch', 'onnxruntime' (added when "
+                             "installed) or 'torch-cuda' (added with cupy) for the reference implementations")
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--load", action="store_true", help="measure loading time and peak memory instead")
     parser.add_argument("--cold", action="store_true",
@@ -401,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.worker:  # one contender, in this process: print the rows as JSON for the parent
         backend = args.backend[0]
-        runner = {"torch": bench_transformers, "onnxruntime": bench_onnxruntime}.get(backend)
+        runner = {"torch": bench_transformers, "onnxruntime": bench_onnxruntime,
+                  "torch-cuda": lambda m, b: bench_transformers(m, b, device="cuda")}.get(backend)
         rows = runner(args.model, args.batch) if runner else bench_forward(args.model, backend, args.batch)
         print(json.dumps(rows))
         return
@@ -410,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
         contenders.append("torch")
         if "onnxruntime" not in contenders and _importable("onnxruntime") and _importable("onnx"):
             contenders.append("onnxruntime")
+        if "cupy" in contenders and "torch-cuda" not in contenders:  # the GPU backend's yardstick
+            contenders.append("torch-cuda")
     print(f"# SGEMM peak: {peak_gflops():.0f} GFLOP/s (best 2048^3 BLAS product, all cores); contenders: "
           + ", ".join(contenders) + f"; best of {args.rounds} interleaved rounds")
     # The machines are shared and their speed drifts by tens of percent within minutes, so the contenders
@@ -433,20 +445,25 @@ def main(argv: list[str] | None = None) -> None:
     for r in best.values():
         print(f"| {r['model']} | {r['backend']} | {r['kind']} | {r['batch']} | {r['tokens']} | "
               f"{r['ms_per_batch']:.1f} | {r['items_per_s']:.1f} | {r['gflops']:.0f} | "
-              f"{100 * r['gflops'] / peak_gflops():.0f}% |")
-    _print_ratios(list(best.values()))
+              + ("- |" if r["backend"] in GPU_CONTENDERS else f"{100 * r['gflops'] / peak_gflops():.0f}% |"))
+    for base in ("numba", "cupy"):
+        _print_ratios(list(best.values()), base)
 
 
-def _print_ratios(results: list[dict]) -> None:
+GPU_CONTENDERS = ("cupy", "torch-cuda")  # the CPU's SGEMM peak means nothing for them
+
+
+def _print_ratios(results: list[dict], base: str) -> None:
+    """Speed of `base` relative to every other contender, per input and batch (same run)."""
     by_key = {(r["backend"], r["kind"], r["batch"]): r["items_per_s"] for r in results}
-    others = sorted({r["backend"] for r in results} - {"numba"})
-    if "numba" not in {r["backend"] for r in results} or not others:
+    others = sorted({r["backend"] for r in results} - {base})
+    if base not in {r["backend"] for r in results} or not others:
         return
     print()
-    print("| input | batch | " + " | ".join(f"numba / {o}" for o in others) + " |")
+    print("| input | batch | " + " | ".join(f"{base} / {o}" for o in others) + " |")
     print("|---|---|" + "---|" * len(others))
     for (backend, kind, batch), speed in by_key.items():
-        if backend == "numba":
+        if backend == base:
             ratios = [f"{speed / by_key[(o, kind, batch)]:.2f}x" if (o, kind, batch) in by_key else "-"
                       for o in others]
             print(f"| {kind} | {batch} | " + " | ".join(ratios) + " |")
