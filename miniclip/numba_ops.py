@@ -3,7 +3,7 @@
 Same functions, same signatures, same results (to float32 rounding) as the NumPy reference in ops.py,
 which stays the spec; tests/test_numba_ops.py checks every kernel against it. What changes is *how*:
 
-- `linear` lets BLAS (or the teaching GEMM in gemm.py, whichever was measured faster on this machine) do
+- `linear` lets BLAS (or the teaching GEMM in gemm.py, if it measured clearly faster on this machine) do
   the matrix product, then adds the bias and applies the activation or the residual in one pass over the
   output while it is still in cache, instead of NumPy's two or three full passes with temporaries.
 - the activations use `exp` written as 2^n * e^r (below), which LLVM vectorizes; Numba's `math.exp`
