@@ -35,11 +35,19 @@ def test_exp_saturates_instead_of_overflowing():
     assert y[0] < 1e-37 and y[1] < 1e-37 and np.isfinite(y[2])
 
 
-@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (7, 13, 5), (50, 768, 2304), (101, 64, 99), (4, 8, 4)])
-def test_gemm_matches_blas(M, K, N):
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (7, 13, 5), (50, 768, 2304), (101, 64, 99), (4, 8, 4),
+                                     (gemm.SMALL_M, 40, 33), (gemm.SMALL_M + 1, 40, 33)])
+def test_gemm_matches_blas(M, K, N):  # both sides of SMALL_M: the transposed BLAS product and the plain one
     a, w = randn(M, K), randn(N, K)
     assert_close(gemm.numba_matmul_nt(a, w), a @ w.T, rtol=1e-4, atol=1e-4 * np.sqrt(K))
     assert_close(gemm.blas_matmul_nt(a, w), a @ w.T)
+
+
+@pytest.mark.parametrize("N, M", [(1, 1), (16, 16), (33, 17), (3072, 50), (5, 70)])
+def test_transpose_into(N, M):  # ragged blocks at both edges
+    ct, c = randn(N, M), np.full((M, N), np.nan, np.float32)
+    gemm.transpose_into(ct, c)
+    np.testing.assert_array_equal(c, ct.T)
 
 
 def test_gemm_choice_can_be_forced(monkeypatch):
