@@ -99,11 +99,12 @@ SMALL_M = 64  # up to this many rows of A, BLAS computes the transposed product 
 TB = 16  # side of the blocks that transpose_into moves at a time
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def transpose_into(ct, c):  # [N, M], [M, N] written: c = ct.T
+    """In the calling thread: it only ever moves <= SMALL_M x N floats (~0.1 ms), and a parallel launch right
+    after a BLAS call was measured to stall for milliseconds while BLAS's threads still spin on the cores."""
     N, M = ct.shape
-    for task in prange((M + TB - 1) // TB):  # a block of TB rows of c per task
-        i0 = task * TB
+    for i0 in range(0, M, TB):
         for j0 in range(0, N, TB):
             # a TB x TB block: its TB source rows (one cache line each) stay in L1 while the rows of c
             # are written TB contiguous floats at a time
