@@ -3,6 +3,7 @@
     python -m miniclip.bench                      # images/s and texts/s, batch 1 and 32, ViT-B-32
     python -m miniclip.bench --model ViT-B-16 --batch 8
     python -m miniclip.bench --load               # time and peak memory of loading a checkpoint
+    python -m miniclip.bench --profile --batch 32 # where one forward pass spends its time, op by op
 
 Each measurement after one warm-up call; the median of the repeats is reported. Loading is measured in a
 fresh process per case, so the page cache and allocator state of one case do not flatter the next.
@@ -106,6 +107,75 @@ def bench_forward(model_name: str, backend: str, batches: list[int]) -> list[dic
             used = int(tokens.argmax(-1).max()) + 1  # what the exact text shortcut computes
             rows.append(_rows(model_name, backend, cfg, batch, kind,
                               _time(lambda x=tokens: model.encode_text(x)), used))
+    return rows
+
+
+class TimedOps:
+    """A backend's ops with every call of the model's ops timed and added up under a label, for `--profile`
+    (CPU backends: a GPU backend's calls return before the device has finished)."""
+
+    TIMED = ("linear", "layer_norm", "attention")
+
+    def __init__(self, ops):
+        self.ops = ops
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        fn = getattr(self.ops, name)
+        if name not in self.TIMED:
+            return fn
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            label = self.label(name, args, kwargs)
+            self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t0
+            self.calls[label] = self.calls.get(label, 0) + 1
+            return out
+
+        return timed
+
+    @staticmethod
+    def label(name: str, args: tuple, kwargs: dict) -> str:
+        if name != "linear":
+            return name
+        weight = kwargs["weight"] if "weight" in kwargs else args[1]
+        extra = (f" + {kwargs['act']}" if kwargs.get("act")
+                 else " + residual" if kwargs.get("residual") is not None else "")
+        return f"linear {weight.shape[1]}->{weight.shape[0]}{extra}"
+
+
+def bench_profile(model_name: str, backend: str, batch: int, repeats: int = 5) -> list[dict]:
+    """Time per op (grouped by label) of the fastest of `repeats` forward passes, images and captions."""
+    from . import tokenize
+    from .backends import get_backend
+    from .model import CLIP
+
+    cfg = ARCHITECTURES[model_name]
+    ops = get_backend(backend)
+    model = CLIP(random_params(cfg), cfg, ops)
+    inputs = bench_inputs(cfg, batch)
+    images, tokens = inputs["image"], tokenize(inputs["captions"], cfg.context_length)
+    rows = []
+    for kind, run in (("image", lambda: model.encode_image(images)), ("captions", lambda: model.encode_text(tokens))):
+        model.ops = ops
+        run()  # warm-up
+        best = None
+        for _ in range(repeats):
+            model.ops = timed = TimedOps(ops)
+            t0 = time.perf_counter()
+            run()
+            total = time.perf_counter() - t0
+            if best is None or total < best[0]:
+                best = (total, timed)
+        total, timed = best
+        timed.seconds["rest (outside the ops: patches, embeddings, slicing)"] = total - sum(timed.seconds.values())
+        for label, seconds in sorted(timed.seconds.items(), key=lambda kv: -kv[1]):
+            rows.append({"backend": backend, "kind": kind, "batch": batch, "op": label,
+                         "calls": timed.calls.get(label, 1), "ms": 1e3 * seconds, "share": seconds / total,
+                         "total_ms": 1e3 * total})
+        model.ops = ops
     return rows
 
 
@@ -367,7 +437,7 @@ def machine() -> str:
     except OSError:
         pass
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}, "
-            f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+            + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in OPENBLAS_VARS))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -382,11 +452,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="cold start instead: fresh process, import + load + one image + one text")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the contenders (default 2)")
     parser.add_argument("--gemm", action="store_true", help="the matrix products alone: BLAS vs the Numba GEMM")
+    parser.add_argument("--profile", action="store_true",
+                        help="time per op (linear by shape, layer_norm, attention) of one forward pass, per backend")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.worker:
         print(f"# {machine()}")
         print(f"# {' '.join(['python -m miniclip.bench', *(argv if argv is not None else sys.argv[1:])])}")
+    if args.profile:
+        print("| backend | input | batch | op | calls | ms | share |")
+        print("|---|---|---|---|---|---|---|")
+        for backend in args.backend:
+            for batch in args.batch:
+                for r in bench_profile(args.model, backend, batch):
+                    print(f"| {r['backend']} | {r['kind']} | {r['batch']} | {r['op']} | {r['calls']} | "
+                          f"{r['ms']:.1f} | {r['share']:.0%} |")
+        return
     if args.gemm:
         print("| product (batch) | BLAS GFLOP/s | Numba GEMM GFLOP/s | Numba / BLAS |")
         print("|---|---|---|---|")
@@ -416,27 +497,36 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rows))
         return
     contenders = list(args.backend)
+    miniclip_backends = [b for b in contenders if b in ("numpy", "numba")]
     if "torch" not in contenders and _importable("torch") and _importable("transformers"):
         contenders.append("torch")
         if "onnxruntime" not in contenders and _importable("onnxruntime") and _importable("onnx"):
             contenders.append("onnxruntime")
         if "cupy" in contenders and "torch-cuda" not in contenders:  # the GPU backend's yardstick
             contenders.append("torch-cuda")
+    # OpenBLAS variables that pin a slower kernel (OPENBLAS_CORETYPE=Haswell on the project's machines) are not
+    # what users have: when set, the miniclip backends also run without them, in the same rounds.
+    pinned = [v for v in OPENBLAS_VARS if v in os.environ]
+    runs = [(b, b, None) for b in contenders]  # (label, backend, variables to remove)
+    if pinned:
+        runs += [(f"{b} {UNSET_SUFFIX}", b, pinned) for b in miniclip_backends]
     print(f"# SGEMM peak: {peak_gflops():.0f} GFLOP/s (best 2048^3 BLAS product, all cores); contenders: "
-          + ", ".join(contenders) + f"; best of {args.rounds} interleaved rounds")
+          + ", ".join(label for label, _, _ in runs) + f"; best of {args.rounds} interleaved rounds")
     # The machines are shared and their speed drifts by tens of percent within minutes, so the contenders
     # take turns (round 1: a, b, c; round 2: a, b, c; ...) and each keeps its best time per measurement.
     best: dict[tuple, dict] = {}
     for _ in range(args.rounds):
-        for backend in contenders:  # each in a fresh process: no thread pool or cache carries over
+        for label, backend, unset in runs:  # each in a fresh process: no thread pool or cache carries over
             command = [sys.executable, "-m", "miniclip.bench", "--worker", "--model", args.model, "--backend",
                        backend, "--batch", *map(str, args.batch)]
-            out = subprocess.run(command, capture_output=True, text=True)
+            env = {k: v for k, v in os.environ.items() if k not in (unset or ())}
+            out = subprocess.run(command, capture_output=True, text=True, env=env)
             if out.returncode != 0:
-                print(f"# {backend} failed: {' '.join(out.stderr.strip().splitlines()[-1:])}")
+                print(f"# {label} failed: {' '.join(out.stderr.strip().splitlines()[-1:])}")
                 continue
             time.sleep(1.0)  # let the previous process's thread pools wind down
             for r in json.loads(out.stdout.strip().splitlines()[-1]):
+                r["backend"] = label
                 key = (r["backend"], r["kind"], r["batch"])
                 if key not in best or r["ms_per_batch"] < best[key]["ms_per_batch"]:
                     best[key] = r
@@ -446,11 +536,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {r['model']} | {r['backend']} | {r['kind']} | {r['batch']} | {r['tokens']} | "
               f"{r['ms_per_batch']:.1f} | {r['items_per_s']:.1f} | {r['gflops']:.0f} | "
               + ("- |" if r["backend"] in GPU_CONTENDERS else f"{100 * r['gflops'] / peak_gflops():.0f}% |"))
-    for base in ("numba", "cupy"):
+    for base in ("numba", f"numba {UNSET_SUFFIX}", "cupy"):
         _print_ratios(list(best.values()), base)
 
 
 GPU_CONTENDERS = ("cupy", "torch-cuda")  # the CPU's SGEMM peak means nothing for them
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+UNSET_SUFFIX = "(OpenBLAS vars unset)"
 
 
 def _print_ratios(results: list[dict], base: str) -> None:

@@ -36,3 +36,33 @@ def test_ratio_table(capsys):
     assert "| image | 32 | 1.50x |" in capsys.readouterr().out
     bench._print_ratios(rows, "cupy")  # not in the run: nothing printed
     assert capsys.readouterr().out == ""
+
+
+def test_profile_labels_and_sums():
+    """--profile's bookkeeping on a tiny seeded model: every op of the seam is labelled, and the per-op times
+    plus the rest add up to the pass's total."""
+    import miniclip.ops as ops
+
+    timed = bench.TimedOps(ops)
+    x, w, b = np.ones((2, 3, 4), np.float32), np.ones((5, 4), np.float32), np.zeros(5, np.float32)
+    y = timed.linear(x, w, b, act="quick_gelu")
+    timed.linear(y, weight=np.ones((4, 5), np.float32), bias=None, residual=x)
+    timed.layer_norm(x, np.ones(4, np.float32), np.zeros(4, np.float32))
+    assert timed.calls == {"linear 4->5 + quick_gelu": 1, "linear 5->4 + residual": 1, "layer_norm": 1}
+    assert timed.split_heads is ops.split_heads  # everything else passes through untimed
+    np.testing.assert_allclose(y, ops.linear(x, w, b, act="quick_gelu"))
+
+
+def test_profile_of_a_small_architecture(monkeypatch):
+    from miniclip.config import CLIPConfig
+
+    small = CLIPConfig(embed_dim=16, image_size=32, patch_size=16, vision_width=32, vision_layers=2,
+                       vision_heads=2, vision_mlp_dim=64, context_length=32, vocab_size=49408, text_width=32,
+                       text_layers=2, text_heads=2, text_mlp_dim=64)
+    monkeypatch.setitem(bench.ARCHITECTURES, "small", small)
+    rows = bench.bench_profile("small", "numpy", batch=2, repeats=2)
+    for kind in ("image", "captions"):
+        mine = [r for r in rows if r["kind"] == kind]
+        assert abs(sum(r["ms"] for r in mine) - mine[0]["total_ms"]) < 1e-6
+        assert {r["op"] for r in mine} >= {"layer_norm", "attention", "linear 32->96"}
+        assert sum(r["calls"] for r in mine if r["op"] == "attention") == 2  # one per block

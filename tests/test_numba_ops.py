@@ -113,6 +113,16 @@ def test_attention(causal, B, T, D, H):
     assert_close(nbo.attention(qkv, H, causal), ops.attention(qkv, H, causal), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("B, H", [(1, 1), (3, 5), (2, 64)])  # fewer, as many and more tasks than chunks
+def test_attention_parallel_and_serial_paths_agree(B, H):
+    qkv = randn(B, 9, 3 * 16 * H, scale=2.0)
+    parallel, serial = (np.full((B, 9, 16 * H), np.nan, np.float32) for _ in range(2))
+    nbo.attention_heads(qkv, H, True, parallel, 8)
+    nbo.attention_tasks(qkv, H, True, serial, 0, B * H)
+    np.testing.assert_array_equal(parallel, serial)  # every task written, by the same code
+    assert_close(serial, ops.attention(qkv, H, True), rtol=1e-4, atol=1e-5)
+
+
 def test_attention_is_causal():
     """Changing a later token must not change an earlier token's output."""
     qkv = randn(1, 10, 3 * 64)
