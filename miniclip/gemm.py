@@ -187,11 +187,13 @@ def choice() -> str:
 def _cached_choice() -> str:
     path, key = _cache_file(), _machine_key()
     try:
-        cached = json.loads(path.read_text())
-        if cached.get("machine") == key and cached.get("choice") in IMPLEMENTATIONS:
-            return cached["choice"]
+        machines = json.loads(path.read_text())  # {machine key: {"choice": ..., "gflops": {...}}}
+        machines = machines if isinstance(machines, dict) else {}
     except (OSError, ValueError):
-        pass
+        machines = {}
+    entry = machines.get(key)
+    if isinstance(entry, dict) and entry.get("choice") in IMPLEMENTATIONS:
+        return entry["choice"]
     gflops = measure()
     # BLAS unless the Numba kernel is clearly faster (a BLAS stuck on a slow kernel): one measurement on a
     # shared machine is noisy, and inside the model a BLAS call also shares the cores better with the other
@@ -201,7 +203,8 @@ def _cached_choice() -> str:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"machine": key, "choice": chosen, "gflops": gflops}))
+        machines[key] = {"choice": chosen, "gflops": gflops}  # one entry per machine/BLAS/environment
+        tmp.write_text(json.dumps(machines, indent=1))
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only home only means measuring again next time

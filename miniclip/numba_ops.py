@@ -18,7 +18,8 @@ process on a machine pays the compilation (a few seconds).
 Threads: Numba's pool and OpenBLAS's pool take turns on the same cores. With Numba's OpenMP layer a
 kernel launched right after a BLAS call was measured 5x slower (the BLAS threads were still spinning), so
 unless NUMBA_THREADING_LAYER is set we choose the "workqueue" layer, which has no such fight. The thread
-count follows NUMBA_NUM_THREADS, or `set_threads` (the `threads=` argument of miniclip.load).
+count follows NUMBA_NUM_THREADS, or `set_threads` (the `threads=` argument of miniclip.load). A workqueue
+launch costs ~0.1 ms, so tiny attention (a short text at batch 1) runs in the calling thread instead.
 """
 
 from __future__ import annotations

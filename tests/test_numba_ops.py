@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -70,6 +72,14 @@ def test_gemm_choice_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(gemm, "_chosen", None)
     assert gemm.choice() == "numba" and len(calls) == 1  # second process: read from the cache file
     assert (tmp_path / "cache" / "gemm_choice.json").is_file()
+    # another environment (say OPENBLAS_CORETYPE set) is measured apart, and both stay cached
+    monkeypatch.setattr(gemm, "_machine_key", lambda: "other")
+    monkeypatch.setattr(gemm, "measure", lambda: calls.append(1) or {"blas": 2.0, "numba": 1.0})
+    monkeypatch.setattr(gemm, "_chosen", None)
+    assert gemm.choice() == "blas" and len(calls) == 2
+    monkeypatch.setattr(gemm, "_chosen", None)
+    assert gemm.choice() == "blas" and len(calls) == 2
+    assert len(json.loads((tmp_path / "cache" / "gemm_choice.json").read_text())) == 2
 
 
 @pytest.mark.parametrize("act", ["quick_gelu", "gelu", None])
