@@ -27,7 +27,7 @@ import numpy as np
 from .errors import MiniclipError, WeightsError
 from .hub import resolve_source
 from .registry import LAYOUTS, format_size
-from .safetensors_file import read_header, read_safetensors
+from .safetensors_file import INDEX_SUFFIX, checkpoint_files, read_header, read_index, read_safetensors, tensor_names
 from .weights import detect_layout, find_weights_file
 
 DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # --dtype -> safetensors dtype name
@@ -112,21 +112,34 @@ def write_converted(src: Path, dst: Path, dtype: str) -> tuple[int, dict[str, in
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float16") -> Path:
-    """Convert a checkpoint (a .safetensors file, a directory holding one, or a model name / hub repo id,
-    downloaded if need be) to `dtype`, keeping its layout. `dst` is a directory (the file keeps its name) or
-    a .safetensors path; the config file beside the source is copied beside the result. Returns the new
-    weights file."""
+    """Convert a checkpoint (a .safetensors file, a sharded checkpoint's index, a directory holding one, or a
+    model name / hub repo id, downloaded if need be) to `dtype`, keeping its layout. `dst` is a directory
+    (the files keep their names) or a .safetensors path; the config file beside the source is copied beside
+    the result. Returns the new weights file (or index)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     src_file = find_weights_file(resolve_source(src))
-    header, _, _ = read_header(src_file)
-    layout = detect_layout(dict.fromkeys(header), str(src_file))
+    layout = detect_layout(dict.fromkeys(tensor_names(src_file)), str(src_file))
+    sharded = src_file.name.endswith(INDEX_SUFFIX)
     dst = Path(dst).expanduser()
+    if sharded and dst.suffix == ".safetensors":
+        raise WeightsError(f"{dst}: {src_file.name} is a sharded checkpoint; give a directory for its shards")
     dst_file = dst if dst.suffix == ".safetensors" else dst / src_file.name
     if dst_file.resolve() == src_file.resolve():
         raise WeightsError(f"{dst_file}: the destination is the source file; give another directory or name")
     dst_file.parent.mkdir(parents=True, exist_ok=True)
-    write_converted(src_file, dst_file, dtype)
+    if sharded:  # each shard converted on its own, then the index (same map, new total size) beside them
+        read_index(src_file)  # validate before writing anything
+        data_bytes = 0
+        for shard in checkpoint_files(src_file):
+            write_converted(shard, dst_file.parent / shard.name, dtype)
+            header, data_start, size = read_header(dst_file.parent / shard.name)
+            data_bytes += size - data_start
+        index = json.loads(src_file.read_text(encoding="utf-8"))
+        index["metadata"] = {**(index.get("metadata") or {}), "total_size": data_bytes}
+        dst_file.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    else:
+        write_converted(src_file, dst_file, dtype)
     config_name = LAYOUTS[layout][1]
     config = src_file.parent / config_name
     if config.is_file():
@@ -145,7 +158,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float1
 def cmd_convert(args: argparse.Namespace) -> None:
     src_file = find_weights_file(resolve_source(args.src))
     out = convert(src_file, args.dst, args.dtype)
-    before, after = src_file.stat().st_size, out.stat().st_size
+    before, after = (sum(f.stat().st_size for f in checkpoint_files(path)) for path in (src_file, out))
     print(f"wrote {out}: {format_size(after)} in {args.dtype} (was {format_size(before)}, "
           f"{after / before:.0%}); load it as before, miniclip computes in float32")
 

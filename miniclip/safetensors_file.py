@@ -113,6 +113,73 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return tensors
 
 
+INDEX_SUFFIX = ".safetensors.index.json"  # a sharded checkpoint's index, e.g. model.safetensors.index.json
+
+
+def read_index(path: str | os.PathLike) -> dict[str, Path]:
+    """A sharded checkpoint's index (transformers' `save_pretrained` format: {"metadata": ...,
+    "weight_map": {tensor name: shard file name}}) as {tensor name: shard path}. Shards must sit beside
+    the index: a shard name with a directory part is refused rather than followed."""
+    path = Path(path)
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: cannot read the shard index: {e}") from e
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise WeightsError(f"{path}: a shard index needs a non-empty \"weight_map\" object "
+                           "{tensor name: shard file name}")
+    shards = {}
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise WeightsError(f"{path}: tensor {name!r} maps to {shard!r}; expected the file name of a "
+                               ".safetensors shard in the same directory")
+        shards[name] = path.parent / shard
+    return shards
+
+
+def checkpoint_files(path: str | os.PathLike) -> list[Path]:
+    """The .safetensors files behind `path`: itself, or the shards its index names (in index order)."""
+    path = Path(path)
+    if not path.name.endswith(INDEX_SUFFIX):
+        return [path]
+    return list(dict.fromkeys(read_index(path).values()))
+
+
+def tensor_names(path: str | os.PathLike) -> list[str]:
+    """The tensor names of a checkpoint, from its header or its shard index, without reading any data."""
+    path = Path(path)
+    return list(read_index(path)) if path.name.endswith(INDEX_SUFFIX) else list(read_header(path)[0])
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a .safetensors file, or of every shard of a sharded checkpoint given by its index.
+    Each shard is read as `read_safetensors` reads a file, and must hold exactly the tensors the index
+    assigns to it: a missing shard, a tensor missing from its shard or one the index does not mention is
+    an error, never silently skipped."""
+    path = Path(path)
+    if not path.name.endswith(INDEX_SUFFIX):
+        return read_safetensors(path)
+    assigned = read_index(path)
+    tensors: dict[str, np.ndarray] = {}
+    for shard in checkpoint_files(path):
+        if not shard.is_file():
+            raise WeightsError(f"{path}: shard {shard.name} is missing (the index assigns "
+                               f"{sum(s == shard for s in assigned.values())} tensors to it)")
+        found = read_safetensors(shard)
+        expected = {name for name, s in assigned.items() if s == shard}
+        if expected - found.keys():
+            missing = sorted(expected - found.keys())
+            raise WeightsError(f"{shard}: the index {path.name} assigns {len(missing)} tensors to this shard "
+                               f"that it does not hold, e.g. {missing[0]!r}")
+        if found.keys() - expected:
+            extra = sorted(found.keys() - expected)
+            raise WeightsError(f"{shard}: holds {len(extra)} tensors that the index {path.name} does not assign "
+                               f"to it, e.g. {extra[0]!r}: the index and the shards do not belong together")
+        tensors.update(found)
+    return tensors
+
+
 def release(array: np.ndarray) -> None:
     """Drop the file pages behind `array`, a view into a memory-mapped file, from this process's resident
     memory (madvise MADV_DONTNEED) once its values have been copied elsewhere. Always safe: the pages are

@@ -39,7 +39,7 @@ from .errors import MiniclipError, WeightsError
 from .hub import resolve_source
 from .image_processor import load_image, make_preprocess
 from .model import CLIP
-from .safetensors_file import read_header
+from .safetensors_file import tensor_names
 from .tokenizer import tokenize
 from .weights import detect_layout, find_weights_file
 
@@ -196,7 +196,7 @@ def verify(source: str | os.PathLike, images: list[str] | None = None, texts: li
     backends = list(backends or BACKENDS)
     fixture = _load_fixture(reference_fixture) if reference_fixture is not None else None
     weights_file = find_weights_file(resolve_source(source))
-    layout = detect_layout(dict.fromkeys(read_header(weights_file)[0]), str(weights_file))
+    layout = detect_layout(dict.fromkeys(tensor_names(weights_file)), str(weights_file))
 
     models: dict[str, CLIP] = {}
     notes = []

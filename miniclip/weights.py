@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import ACTIVATIONS, CLIPConfig
 from .errors import WeightsError
-from .safetensors_file import read_safetensors, release
+from .safetensors_file import INDEX_SUFFIX, read_checkpoint, release
 
 HEAD_WIDTH = 64  # every published CLIP ViT-B/L and text tower uses 64-wide heads (ViT-H/g: see config files)
 
@@ -319,33 +319,39 @@ _FILES = {  # file name -> (layout, config file name); checked in this order whe
 
 
 def find_weights_file(source: str | Path) -> Path:
+    """The checkpoint `source` names: a .safetensors file, a sharded checkpoint's index
+    (`model.safetensors.index.json`, its shards beside it), or a directory holding one of these."""
     path = Path(source).expanduser()
     if path.is_dir():
-        for name in _FILES:
+        for name in [*_FILES, *(name + INDEX_SUFFIX.removeprefix(".safetensors") for name in _FILES)]:
             if (path / name).is_file():
                 return path / name
         found = sorted(path.glob("*.safetensors"))
         if len(found) == 1:
             return found[0]
-        what = ", ".join(p.name for p in found) if found else "no .safetensors file"
+        indexes = sorted(path.glob("*" + INDEX_SUFFIX))
+        if not found and len(indexes) == 1:
+            return indexes[0]
+        what = ", ".join(p.name for p in found + indexes) if found or indexes else "no .safetensors file"
         raise WeightsError(f"{path}: expected model.safetensors (transformers) or open_clip_model.safetensors "
-                           f"(open_clip) in this directory, found {what}")
+                           f"(open_clip), or a sharded checkpoint's *{INDEX_SUFFIX}, in this directory; "
+                           f"found {what}")
     if not path.exists():
         raise WeightsError(f"{path}: no such file or directory")
-    if path.suffix != ".safetensors":
+    if path.suffix != ".safetensors" and not path.name.endswith(INDEX_SUFFIX):
         raise WeightsError(f"{path}: miniclip loads .safetensors files only (never pickled .bin/.pt files); "
                            "convert with `safetensors` or download the .safetensors version")
     return path
 
 
 def load_weights(source: str | Path, activation: str | None = None) -> tuple[dict[str, np.ndarray], CLIPConfig]:
-    """Read `source` (a .safetensors file or a directory holding one), map it to the internal
+    """Read `source` (a .safetensors file, a shard index, or a directory holding one), map it to the internal
     representation, and work out its config: shapes first, then the layout's config file if one sits
     beside the weights. `activation` is needed only when there is no config file."""
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     path = find_weights_file(source)
-    tensors = read_safetensors(path)
+    tensors = read_checkpoint(path)
     layout = detect_layout(tensors, str(path))
     params = (from_transformers if layout == "transformers" else from_open_clip)(tensors, str(path))
     cfg = infer_config(params, activation or "quick_gelu")
