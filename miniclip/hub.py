@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import DownloadError, WeightsError
+from .locks import file_lock
 from .registry import LAYOUTS, ModelInfo, format_size, lookup
 
 HOME_ENV = "MINICLIP_HOME"
@@ -429,9 +430,25 @@ def download_file(repo: str, filename: str, directory: str | os.PathLike, *, sha
     dest = directory / filename
     if dest.is_file():
         return dest  # only ever created by the os.replace below, after verification
-    token = _token(token)
     stream = stream or sys.stderr
     directory.mkdir(parents=True, exist_ok=True)
+
+    def waiting(holder: str) -> None:
+        print(f"miniclip: waiting for another process ({holder or 'unknown'}) downloading {filename} of {repo}",
+              file=stream, flush=True)
+
+    # One download of a file at a time: two processes appending to the same .part would corrupt it.
+    with file_lock(dest.with_name(dest.name + ".lock"), wait=True, on_wait=waiting):
+        if dest.is_file():
+            return dest  # the process we waited for finished it
+        return _download_locked(repo, filename, dest, sha256=sha256, revision=revision, endpoint=endpoint,
+                                token=_token(token), progress=progress, timeout=timeout, retries=retries,
+                                retry_wait=retry_wait, stream=stream)
+
+
+def _download_locked(repo: str, filename: str, dest: Path, *, sha256: str | None, revision: str,
+                     endpoint: str | None, token: str | None, progress: bool | None, timeout: float, retries: int,
+                     retry_wait: float, stream: IO[str]) -> Path:
     part = dest.with_name(dest.name + ".part")
     bar = Progress(f"{repo}/{filename}", _progress_enabled(progress, stream), stream)
     retries = max(0, retries)

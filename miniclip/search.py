@@ -53,6 +53,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import ImageError, MiniclipError
 from .image_processor import load_image
+from .locks import Locked, file_lock
 from .model import normalize
 from .tokenizer import tokenize
 from .zeroshot import atomic_write_bytes, model_fingerprint
@@ -327,17 +328,23 @@ def _write_manifest(directory: Path, *, root: Path, model: str, embed_dim: int, 
 # --------------------------------------------------------------------------------------------------
 
 
-def _previous_index(out: Path, model: str, report: BuildReport) -> Index | None:
-    """The existing index at ``out`` if its rows may be reused: it is intact and was built by this model.
-    Otherwise None, with a note saying why."""
+def _check_out_folder(out: Path) -> None:
+    """Refuse an --out that is a file, or a folder holding anything but a miniclip index."""
     if not out.exists():
-        return None
+        return
     if not out.is_dir():
         raise MiniclipError(f"{out}: exists and is not a folder; choose another --out")
     if not (out / MANIFEST).exists() and not _our_files(out):
-        if any(out.iterdir()):
+        if any(p.name != LOCK_FILE for p in out.iterdir()):
             raise MiniclipError(f"{out}: an existing folder that is not a miniclip index; refusing to write "
                                 "into it (choose an empty or new --out folder)")
+
+
+def _previous_index(out: Path, model: str, report: BuildReport) -> Index | None:
+    """The existing index at ``out`` if its rows may be reused: it is intact and was built by this model.
+    Otherwise None, with a note saying why."""
+    _check_out_folder(out)
+    if not (out / MANIFEST).exists() and not _our_files(out):
         return None
     try:
         old = load_index(out)
@@ -350,6 +357,9 @@ def _previous_index(out: Path, model: str, report: BuildReport) -> Index | None:
     return old
 
 
+LOCK_FILE = ".miniclip-index.lock"  # held by the one build_index writing a folder
+
+
 def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLike, *, batch_size: int = 16,
                 checkpoint_every: int = 32, progress: bool | None = None, weights: str | None = None,
                 on_skip: Callable[[str, str], None] | None = None) -> BuildReport:
@@ -359,10 +369,28 @@ def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLi
     embedded. Progress is saved every ``checkpoint_every`` batches, and when an exception (including
     KeyboardInterrupt) stops the run, so a re-run continues instead of starting over. Unreadable images are
     skipped and listed in the report. ``progress``: draw a bar on stderr (None: only on a terminal).
+    A second build into the same ``out`` while one runs is refused (it would interleave their files).
     """
     if checkpoint_every < 1:
         raise MiniclipError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
     root, out = Path(root).resolve(), Path(out).resolve()
+    if not root.is_dir():
+        raise MiniclipError(f"{root}: not a folder")
+    _check_out_folder(out)  # before the lock file is put into it
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with file_lock(out / LOCK_FILE, wait=False):
+            return _build_index(model, preprocess, root, out, batch_size=batch_size,
+                                checkpoint_every=checkpoint_every, progress=progress, weights=weights,
+                                on_skip=on_skip)
+    except Locked as e:
+        raise MiniclipError(f"{out}: another `miniclip index` (process {e.holder or 'unknown'}) is writing this "
+                            "index; wait for it to finish, or choose another --out") from None
+
+
+def _build_index(model, preprocess, root: Path, out: Path, *, batch_size: int, checkpoint_every: int,
+                 progress: bool | None, weights: str | None,
+                 on_skip: Callable[[str, str], None] | None) -> BuildReport:
     fingerprint = model_fingerprint(model)
     embed_dim = int(model.config.embed_dim)
     entries, ignored = find_images(root, exclude=[out])
@@ -373,7 +401,6 @@ def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLi
     rows: dict[Entry, np.ndarray] = {e: previous[e] for e in entries if e in previous}
     todo = [e for e in entries if e not in previous]
     report.reused, report.removed = len(rows), len(previous) - len(rows)
-    out.mkdir(parents=True, exist_ok=True)
 
     # Checkpoints: the rows kept from the previous index go into one part file at the first checkpoint,
     # then each chunk of new rows into its own part file; the manifest lists them all, in row order.
