@@ -464,6 +464,9 @@ def main(argv: list[str] | None = None) -> None:
         print("| backend | input | batch | op | calls | ms | share |")
         print("|---|---|---|---|---|---|---|")
         for backend in args.backend:
+            if backend in GPU_CONTENDERS or backend not in ("numpy", "numba"):
+                print(f"# {backend}: --profile times CPU backends only (numpy, numba)")
+                continue
             for batch in args.batch:
                 for r in bench_profile(args.model, backend, batch):
                     print(f"| {r['backend']} | {r['kind']} | {r['batch']} | {r['op']} | {r['calls']} | "
