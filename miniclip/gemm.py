@@ -13,12 +13,13 @@ a dot product of two contiguous rows, and the kernel below is built around that:
 3. Threads: the (row block, column block) tasks are independent, so `prange` spreads them on the cores.
 
 Real BLAS libraries go further (packing panels into the exact order the micro-kernel reads, hand-written
-assembly, 512-bit registers, prefetching) and reach 85-95% of the FMA peak; this kernel reaches about
-half to two thirds of OpenBLAS on CLIP's large products and about as fast on the small ones of batch 1
-(docs/performance.md). `matmul_nt` therefore uses BLAS unless the Numba kernel measured clearly faster on
-this machine (a BLAS stuck on a slow kernel): decided once, stored in a small cache file, and
-overridable with MINICLIP_GEMM=blas|numba. With few rows (batch 1), the BLAS route computes the
-transposed product W A^T and transposes it back, which OpenBLAS runs 1.2-1.5x faster (`blas_matmul_nt`).
+assembly, 512-bit registers, prefetching) and reach 85-95% of the FMA peak. This kernel, which LLVM
+compiles with 256-bit vectors, runs CLIP's large products as fast as OpenBLAS's AVX2 kernel and half as
+fast as its AVX-512 one, and the small ones of batch 1 at 70-110% of it (docs/performance.md).
+`matmul_nt` therefore uses BLAS unless the Numba kernel measured clearly faster on this machine (a BLAS
+stuck on a slow kernel): decided once, stored in a small cache file, and overridable with
+MINICLIP_GEMM=blas|numba. With few rows (batch 1), the BLAS route computes the transposed product W A^T
+and transposes it back, which OpenBLAS runs 1.2-1.5x faster (`blas_matmul_nt`).
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ def blas_matmul_nt(a: np.ndarray, w: np.ndarray) -> np.ndarray:  # [M, K], [N, K
     if a.shape[0] > SMALL_M:
         return a @ w.T
     # Few rows (batch 1: 50 image tokens, ~15 text tokens): OpenBLAS is 1.2-1.5x faster on the transposed
-    # product C^T = W A^T (measured, docs/performance.md; it splits the long side of the product between its
-    # threads instead of each thread packing all of W), and transposing the small result back is cheap.
+    # product C^T = W A^T (measured on CLIP's shapes: docs/performance.md, "Small products"), and
+    # transposing the small result back costs far less than that.
     c = np.empty((a.shape[0], w.shape[0]), np.float32)
     transpose_into(w @ a.T, c)
     return c
@@ -188,7 +189,8 @@ def _cached_choice() -> str:
     path, key = _cache_file(), _machine_key()
     try:
         machines = json.loads(path.read_text())  # {machine key: {"choice": ..., "gflops": {...}}}
-        machines = machines if isinstance(machines, dict) else {}
+        machines = {k: v for k, v in machines.items() if isinstance(v, dict) and "choice" in v} \
+            if isinstance(machines, dict) else {}
     except (OSError, ValueError):
         machines = {}
     entry = machines.get(key)
