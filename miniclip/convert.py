@@ -27,7 +27,7 @@ import numpy as np
 from .errors import MiniclipError, WeightsError
 from .hub import resolve_source
 from .registry import LAYOUTS, format_size
-from .safetensors_file import INDEX_SUFFIX, checkpoint_files, read_header, read_index, read_safetensors, tensor_names
+from .safetensors_file import INDEX_SUFFIX, checkpoint_files, read_header, read_safetensors, tensor_names
 from .weights import detect_layout, find_weights_file
 
 DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # --dtype -> safetensors dtype name
@@ -129,11 +129,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float1
         raise WeightsError(f"{dst_file}: the destination is the source file; give another directory or name")
     dst_file.parent.mkdir(parents=True, exist_ok=True)
     if sharded:  # each shard converted on its own, then the index (same map, new total size) beside them
-        read_index(src_file)  # validate before writing anything
-        data_bytes = 0
+        data_bytes = 0  # tensor_names above has validated the index before anything is written
         for shard in checkpoint_files(src_file):
             write_converted(shard, dst_file.parent / shard.name, dtype)
-            header, data_start, size = read_header(dst_file.parent / shard.name)
+            _, data_start, size = read_header(dst_file.parent / shard.name)
             data_bytes += size - data_start
         index = json.loads(src_file.read_text(encoding="utf-8"))
         index["metadata"] = {**(index.get("metadata") or {}), "total_size": data_bytes}

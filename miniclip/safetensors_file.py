@@ -162,7 +162,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return read_safetensors(path)
     assigned = read_index(path)
     tensors: dict[str, np.ndarray] = {}
-    for shard in checkpoint_files(path):
+    for shard in dict.fromkeys(assigned.values()):  # each shard once, in index order
         if not shard.is_file():
             raise WeightsError(f"{path}: shard {shard.name} is missing (the index assigns "
                                f"{sum(s == shard for s in assigned.values())} tensors to it)")

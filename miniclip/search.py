@@ -342,8 +342,7 @@ def _check_out_folder(out: Path) -> None:
 
 def _previous_index(out: Path, model: str, report: BuildReport) -> Index | None:
     """The existing index at ``out`` if its rows may be reused: it is intact and was built by this model.
-    Otherwise None, with a note saying why."""
-    _check_out_folder(out)
+    Otherwise None, with a note saying why. (`build_index` has checked the folder with _check_out_folder.)"""
     if not (out / MANIFEST).exists() and not _our_files(out):
         return None
     try:

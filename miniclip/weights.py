@@ -323,7 +323,7 @@ def find_weights_file(source: str | Path) -> Path:
     (`model.safetensors.index.json`, its shards beside it), or a directory holding one of these."""
     path = Path(source).expanduser()
     if path.is_dir():
-        for name in [*_FILES, *(name + INDEX_SUFFIX.removeprefix(".safetensors") for name in _FILES)]:
+        for name in [*_FILES, *(f"{name}.index.json" for name in _FILES)]:  # single files first, then indexes
             if (path / name).is_file():
                 return path / name
         found = sorted(path.glob("*.safetensors"))
