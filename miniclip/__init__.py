@@ -15,10 +15,10 @@ import numpy as np
 from .backends import get_backend
 from .config import CLIPConfig
 from .errors import DownloadError, ImageError, MiniclipError, TokenizerError, WeightsError
-from .hub import resolve_source
-from .image_processor import make_preprocess
+from .hub.download import resolve_source
+from .hub.registry import available_models
 from .model import CLIP
-from .registry import available_models
+from .preprocess import make_preprocess
 from .tokenizer import decode, tokenize
 from .weights import load_weights
 
@@ -34,7 +34,7 @@ def load(source: str | os.PathLike, backend: str = "numpy", activation: str | No
     optional open_clip_config.json). Returns (model, preprocess), as openai's clip.load does.
 
     `source` may also be a published model's name (`miniclip.available_models()`, e.g. "ViT-B-32") or a
-    Hugging Face hub repo id ("owner/name"): it is downloaded on first use (see miniclip/hub.py), unless
+    Hugging Face hub repo id ("owner/name"): it is downloaded on first use (see miniclip/hub/download.py), unless
     `download=False`, which raises DownloadError saying where to put the files. Local paths win over names.
 
     `activation` ("quick_gelu" for OpenAI weights, "gelu" for LAION-trained ones) is only needed when no

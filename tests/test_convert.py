@@ -15,8 +15,8 @@ from seeded import ARCHS, seeded_images
 
 import miniclip
 from miniclip.cli import main
-from miniclip.convert import convert, float32_to_bfloat16_bits
 from miniclip.errors import MiniclipError, WeightsError
+from miniclip.hub.convert import convert, float32_to_bfloat16_bits
 from miniclip.safetensors_file import read_header, read_safetensors
 
 FILES = {"open_clip": ("open_clip_model.safetensors", "open_clip_config.json"),

@@ -79,7 +79,7 @@ def co():
         # Simulated threads are Python threads that meet at every cuda.syncthreads(); with the default 5 ms
         # switch interval each meeting costs ~6 ms, with 0.1 ms about 0.5 ms (this is a test-only process).
         sys.setswitchinterval(1e-4)
-    from miniclip import cuda_ops
+    from miniclip.backends import cuda_ops
 
     yield cuda_ops
     sys.setswitchinterval(interval)
@@ -239,7 +239,7 @@ needs_real_numba_cuda = pytest.mark.skipif(SIMULATED, reason="numba.cuda is the 
 @needs_real_numba_cuda
 @pytest.mark.parametrize("missing", ["cupy", "gpu", "numba"])
 def test_backend_without_cupy_or_gpu_raises_a_clear_error(missing, monkeypatch, checkpoint):
-    monkeypatch.delitem(sys.modules, "miniclip.cuda_ops", raising=False)  # import it afresh
+    monkeypatch.delitem(sys.modules, "miniclip.backends.cuda_ops", raising=False)  # import it afresh
     if missing == "cupy":
         monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
         expected = r"needs CuPy .*pip install 'miniclip\[cuda\]'.*NUMBA_ENABLE_CUDASIM=1"
@@ -316,7 +316,7 @@ sys.modules["cupy"] = types.SimpleNamespace(cuda=types.SimpleNamespace(
     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1)), ndarray=type("ndarray", (), {}))
 cuda.is_available = lambda: True
 numba.cuda.dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
-from miniclip import cuda_ops as co
+from miniclip.backends import cuda_ops as co
 
 flat, rows = "float32[::1]", "float32[:, ::1]"
 for kernel, signature in [(co.bias_act_kernel, f"void({flat}, {flat}, int64)"),

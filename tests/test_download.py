@@ -24,10 +24,12 @@ from fake_hub import FakeHub, Misbehaviour
 from seeded import ARCHS
 
 import miniclip
-from miniclip import hub, registry
+from miniclip import store
 from miniclip.cli import main
 from miniclip.config import ARCHITECTURES
 from miniclip.errors import DownloadError, WeightsError
+from miniclip.hub import download as hub
+from miniclip.hub import registry
 from miniclip.weights import expected_shapes
 
 OC_REPO, HF_REPO = "tests/odd-oc", "tests/odd-hf"
@@ -145,16 +147,16 @@ def test_is_repo_id(text, expected):
 
 def test_cache_dir_rules(monkeypatch, tmp_path):
     monkeypatch.setenv("MINICLIP_HOME", str(tmp_path / "mine"))
-    assert hub.cache_dir() == tmp_path / "mine"
+    assert store.weights_dir() == tmp_path / "mine"
     monkeypatch.delenv("MINICLIP_HOME")
     checkout = Path(miniclip.__file__).resolve().parents[1] / "weights"
     if os.access(checkout, os.W_OK):  # this is a source checkout: its weights/ folder
-        assert hub.cache_dir() == checkout
-    monkeypatch.setattr(hub, "_checkout_weights_dir", lambda: None)  # as when installed from a wheel
+        assert store.weights_dir() == checkout
+    monkeypatch.setattr(store, "_checkout_weights_dir", lambda: None)  # as when installed from a wheel
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert hub.cache_dir() == tmp_path / "xdg" / "miniclip"
+    assert store.weights_dir() == tmp_path / "xdg" / "miniclip"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert hub.cache_dir() == Path.home() / ".cache" / "miniclip"
+    assert store.weights_dir() == Path.home() / ".cache" / "miniclip"
     assert hub.repo_dir("timm/x.openai", tmp_path).name == "timm--x.openai"
 
 
@@ -422,7 +424,7 @@ def test_progress_bar_on_a_terminal_only(fake, tiny, monkeypatch, capsys):
     assert "verifying" in drawn
 
     monkeypatch.setattr(sys, "stderr", sys.__stderr__)
-    shutil.rmtree(hub.cache_dir())
+    shutil.rmtree(store.weights_dir())
     hub.download("Tiny-Test")  # stderr captured by pytest: not a terminal
     assert capsys.readouterr().err == ""
 

@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 import miniclip
+from miniclip.apps.explain import attention_rollout, colorize, patch_similarity
 from miniclip.cli import main
-from miniclip.explain import attention_rollout, colorize, patch_similarity
 
 
 def test_rollout_of_identity_attention_is_uniform_over_nothing_but_itself():

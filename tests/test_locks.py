@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from miniclip import hub
+from miniclip.apps.search import LOCK_FILE, build_index
 from miniclip.errors import MiniclipError
-from miniclip.locks import Locked, file_lock
-from miniclip.search import LOCK_FILE, build_index
+from miniclip.hub import download as hub
+from miniclip.store import Locked, file_lock
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX-only (README Limitations)")
 
@@ -42,7 +42,7 @@ def test_waiting_for_another_process(tmp_path):
     path, started, done = tmp_path / "x.lock", tmp_path / "started", tmp_path / "done"
     child = subprocess.Popen([sys.executable, "-c", (
         "import pathlib, sys, time\n"
-        "from miniclip.locks import file_lock\n"
+        "from miniclip.store import file_lock\n"
         f"with file_lock({str(path)!r}, wait=False):\n"
         f"    pathlib.Path({str(started)!r}).touch()\n"
         "    time.sleep(1.0)\n"

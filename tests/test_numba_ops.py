@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from miniclip import gemm, ops
-from miniclip import numba_ops as nbo
+from miniclip import ops
+from miniclip.backends import gemm
+from miniclip.backends import numba_ops as nbo
 
 RNG = np.random.default_rng(1234)
 

@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 import miniclip
-from miniclip.cli import main
-from miniclip.probe import (
+from miniclip.apps.probe import (
     fit_probe,
     lbfgs,
     logistic_loss,
@@ -17,6 +16,7 @@ from miniclip.probe import (
     stratified_split,
     wolfe_line_search,
 )
+from miniclip.cli import main
 
 
 def blobs(n_per_class, centers, spread, seed):

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 import miniclip
+from miniclip.apps.search import BrokenIndexError, build_index, load_index, search
 from miniclip.cli import main
-from miniclip.search import BrokenIndexError, build_index, load_index, search
 
 COLORS = [(250, 20, 20), (20, 250, 20), (20, 20, 250), (250, 250, 20), (20, 250, 250), (250, 20, 250),
           (128, 128, 128)]
@@ -101,7 +101,7 @@ def test_index_then_search_by_text_and_by_image(model, photos, tmp_path, checkpo
 def test_html_page_and_contact_sheet(model, photos, tmp_path):
     clip, preprocess = model
     index = build_index(clip, preprocess, photos, tmp_path / "idx").index
-    from miniclip.search import embed_text_query, write_contact_sheet, write_html
+    from miniclip.apps.search import embed_text_query, write_contact_sheet, write_html
     results = search(index, embed_text_query(clip, "a blue square"), k=5)
     page, sheet = tmp_path / "out" / "results.html", tmp_path / "sheet.png"
     write_html(results, page, "a blue square")
@@ -188,7 +188,7 @@ def test_an_exception_mid_run_saves_progress_and_the_rerun_resumes(model, photos
 KILLER = """
 import os, signal, sys
 import miniclip
-from miniclip.search import build_index
+from miniclip.apps.search import build_index
 model, preprocess = miniclip.load(sys.argv[1])
 original, calls = model.encode_image, []
 def encode(x):
@@ -302,7 +302,7 @@ def test_an_index_inside_the_folder_does_not_index_itself(model, photos):
 def test_progress_bar_draws_on_a_terminal_only():
     import io
 
-    from miniclip.search import _Progress
+    from miniclip.apps.search import _Progress
 
     stream = io.StringIO()
     bar = _Progress(4, "indexing", enabled=True, stream=stream)

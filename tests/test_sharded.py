@@ -116,4 +116,4 @@ def test_convert_a_sharded_checkpoint(checkpoint, tmp_path, capsys):
     for key, value in full_params.items():
         np.testing.assert_array_equal(half_params[key], value.astype(np.float16).astype(np.float32))
     with pytest.raises(WeightsError, match="give a directory for its shards"):
-        miniclip.convert.convert(index, tmp_path / "x.safetensors")
+        miniclip.hub.convert.convert(index, tmp_path / "x.safetensors")

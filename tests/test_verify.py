@@ -14,10 +14,10 @@ import pytest
 from conftest import FIXTURES, record
 from seeded import ARCHS, seeded_images
 
-from miniclip import verify as verify_module
+from miniclip.apps import verify as verify_module
+from miniclip.apps.verify import verify
 from miniclip.backends import BACKENDS, get_backend
 from miniclip.cli import main
-from miniclip.verify import verify
 
 LIBRARY = {"odd_oc": "open_clip", "odd_hf": "transformers"}
 
@@ -106,7 +106,7 @@ def test_clip_png_ships_with_the_package():
 
 
 def test_no_torch_import_at_module_level():
-    code = ("import sys, miniclip, miniclip.cli, miniclip.hub, miniclip.verify, miniclip.convert; "
+    code = ("import sys, miniclip, miniclip.cli, miniclip.hub.download, miniclip.apps.verify, miniclip.hub.convert; "
             "miniclip.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
                    env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])})

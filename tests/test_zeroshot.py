@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 import miniclip
-from miniclip.cli import main
-from miniclip.zeroshot import (
+from miniclip.apps.zeroshot import (
     cache_dir,
     classify,
     imagenet_classes,
@@ -18,6 +17,7 @@ from miniclip.zeroshot import (
     model_fingerprint,
     zero_shot_classifier,
 )
+from miniclip.cli import main
 
 CLASSES = ["red", "green", "blue"]
 TEMPLATES = ["a photo of a {} square.", "a {} thing", "{}", "a blurry picture of something {}, with {} in it."]

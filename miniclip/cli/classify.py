@@ -1,67 +1,17 @@
-"""The `miniclip` command (also `python -m miniclip`).
-
-    miniclip classify IMAGE... --labels "a diagram" "a dog" --weights PATH
-    miniclip embed --images IMAGE... --out image_features.npy --weights PATH
-    miniclip embed --texts "a dog" "a cat" --out text_features.npy --weights PATH
-"""
+"""`miniclip classify` (zero-shot, with prompt ensembles) and `miniclip embed`."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
-import warnings
-from collections.abc import Sequence
 
 import numpy as np
 
-from . import load, tokenize
-from .backends import BACKENDS
-from .errors import MiniclipError
-from .image_processor import load_image
-from .model import CLIP, normalize
-from .zeroshot import imagenet_classes, load_templates, softmax, zero_shot_classifier
-
-WEIGHTS_ENV = "MINICLIP_WEIGHTS"
-
-# Modules that bring their own sub-commands: each defines `add_commands(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ("miniclip.search", "miniclip.probe", "miniclip.registry", "miniclip.hub",
-                                   "miniclip.verify", "miniclip.convert", "miniclip.explain")
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=os.environ.get(WEIGHTS_ENV),
-                   help=f"a .safetensors file or a directory holding one (default: ${WEIGHTS_ENV})")
-    p.add_argument("--backend", default="numpy", choices=["auto", *BACKENDS], help="ops backend (default: numpy)")
-    p.add_argument("--activation", choices=["quick_gelu", "gelu"],
-                   help="only for weights without a config file: quick_gelu (OpenAI) or gelu (LAION)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
-
-
-def load_model(args: argparse.Namespace) -> tuple[CLIP, object]:
-    if not args.weights:
-        raise MiniclipError(
-            f"no weights given: pass --weights PATH or set ${WEIGHTS_ENV} to a CLIP .safetensors file or a "
-            "directory holding one (e.g. openai/clip-vit-base-patch32 from the Hugging Face hub: "
-            "model.safetensors + config.json); see weights/README.md")
-    return load(args.weights, backend=args.backend, activation=args.activation)
-
-
-def encode_image_files(model: CLIP, preprocess, paths: Sequence[str], batch_size: int) -> np.ndarray:  # -> [N, E]
-    if batch_size < 1:
-        raise MiniclipError(f"--batch-size must be at least 1, got {batch_size}")
-    features = []
-    show_progress = len(paths) > batch_size and sys.stderr.isatty()
-    for start in range(0, len(paths), batch_size):
-        batch = paths[start:start + batch_size]
-        pixels = np.stack([preprocess(load_image(p)) for p in batch])  # [b, 3, S, S]
-        features.append(model.encode_image(pixels))
-        if show_progress:
-            print(f"\rembedded {start + len(batch)}/{len(paths)} images", end="", file=sys.stderr)
-    if show_progress:
-        print(file=sys.stderr)
-    return np.concatenate(features)
+from ..apps.zeroshot import imagenet_classes, load_templates, softmax, zero_shot_classifier
+from ..errors import MiniclipError
+from ..model import normalize
+from ..tokenizer import tokenize
+from .common import add_model_options, encode_image_files, load_model
 
 
 def _prompt_progress(done: int, total: int) -> None:
@@ -108,10 +58,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(f"wrote {features.shape[0]} {kind} embeddings of width {features.shape[1]} to {args.out}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="miniclip", description="CLIP in plain NumPy.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="zero-shot classification of images among text labels")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="candidate descriptions, e.g. \"a dog\"")
@@ -136,23 +83,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncate", action="store_true", help="cut texts longer than the context length")
     add_model_options(p)
     p.set_defaults(func=cmd_embed)
-
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).add_commands(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def show_warning(message, category, filename, lineno, file=None, line=None):
-        print(f"miniclip: warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show_warning
-        try:
-            args.func(args)
-        except (MiniclipError, OSError) as e:
-            print(f"miniclip: error: {e}", file=sys.stderr)
-            return 1
-    return 0

@@ -34,7 +34,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .paths import cache_dir
+from ..store import cache_dir
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 MB, NB = 64, 64  # rows of A and of W per parallel task (cache blocking)

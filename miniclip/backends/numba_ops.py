@@ -30,8 +30,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ..ops import attention_probs, prepare, to_device, to_host  # noqa: F401  (same as the reference)
 from . import gemm
-from .ops import attention_probs, prepare, to_device, to_host  # noqa: F401  (same as the reference)
 
 name = "numba"
 

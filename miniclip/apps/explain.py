@@ -18,16 +18,14 @@ Two heat maps, both on the (S/P) x (S/P) grid of patches:
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 from PIL import Image
 
-from . import tokenize
-from .errors import MiniclipError
-from .image_processor import CLIP_MEAN, CLIP_STD, load_image
-from .model import CLIP, normalize
+from .. import tokenize
+from ..model import CLIP, normalize
+from ..preprocess import CLIP_MEAN, CLIP_STD
 
 
 def patch_similarity(model: CLIP, hidden: dict, text_features: np.ndarray) -> np.ndarray:  # -> [g, g]
@@ -103,43 +101,3 @@ def trace(model: CLIP, pixels: np.ndarray | None, tokens: np.ndarray | None, out
             x = np.asarray(x, np.float64)
             print(f"{name:52s} {str(list(x.shape)):>20s} {x.mean():10.4f} {x.std():10.4f} {x.min():10.4f} "
                   f"{x.max():10.4f}", file=out)
-
-
-def cmd_explain(args: argparse.Namespace) -> None:
-    from .cli import load_model
-
-    model, preprocess = load_model(args)
-    panel, maps = explain(model, preprocess, load_image(args.image), args.text)
-    panel.save(args.out)
-    g = model.config.grid_size
-    best = np.unravel_index(maps["similarity"].argmax(), maps["similarity"].shape)
-    print(f"wrote {args.out}: [image | patch-text similarity | attention rollout] on a {g}x{g} patch grid; "
-          f"best-matching patch: row {best[0]}, column {best[1]}")
-
-
-def cmd_trace(args: argparse.Namespace) -> None:
-    from .cli import load_model
-
-    if args.image is None and args.text is None:
-        raise MiniclipError("give --image IMAGE and/or --text TEXT to trace")
-    model, preprocess = load_model(args)
-    pixels = preprocess(load_image(args.image))[None] if args.image else None
-    tokens = tokenize([args.text], model.config.context_length, truncate=True) if args.text else None
-    trace(model, pixels, tokens)
-
-
-def add_commands(sub) -> None:
-    from .cli import add_model_options
-
-    p = sub.add_parser("explain", help="heat maps of where an image matches a text, and of attention rollout")
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--text", required=True, help="the text to locate, e.g. \"a dog\"")
-    p.add_argument("--out", default="explain.png", help="output PNG (default: explain.png)")
-    add_model_options(p)
-    p.set_defaults(func=cmd_explain)
-
-    p = sub.add_parser("trace", help="print every stage of one forward pass: names, shapes, statistics")
-    p.add_argument("--image", metavar="IMAGE")
-    p.add_argument("--text")
-    add_model_options(p)
-    p.set_defaults(func=cmd_trace)

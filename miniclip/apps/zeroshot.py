@@ -41,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MiniclipError
-from .model import normalize
-from .paths import cache_dir
-from .tokenizer import tokenize
+from ..errors import MiniclipError
+from ..model import normalize
+from ..store import cache_dir
+from ..tokenizer import tokenize
 
 __all__ = [
     "SIMPLE_TEMPLATES",

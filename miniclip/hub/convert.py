@@ -14,7 +14,6 @@ little-endian bytes at its `data_offsets`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -24,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MiniclipError, WeightsError
-from .hub import resolve_source
-from .registry import LAYOUTS, format_size
-from .safetensors_file import INDEX_SUFFIX, checkpoint_files, read_header, read_safetensors, tensor_names
-from .weights import detect_layout, find_weights_file
+from ..errors import MiniclipError, WeightsError
+from ..safetensors_file import INDEX_SUFFIX, checkpoint_files, read_header, read_safetensors, tensor_names
+from ..weights import detect_layout, find_weights_file
+from .download import resolve_source
+from .registry import LAYOUTS
 
 DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # --dtype -> safetensors dtype name
 _STORED = {"F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F32": np.dtype("<f4")}  # bf16: raw bit patterns
@@ -152,23 +151,3 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float1
                         data[key] = dtype
                 target_config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return dst_file
-
-
-def cmd_convert(args: argparse.Namespace) -> None:
-    src_file = find_weights_file(resolve_source(args.src))
-    out = convert(src_file, args.dst, args.dtype)
-    before, after = (sum(f.stat().st_size for f in checkpoint_files(path)) for path in (src_file, out))
-    print(f"wrote {out}: {format_size(after)} in {args.dtype} (was {format_size(before)}, "
-          f"{after / before:.0%}); load it as before, miniclip computes in float32")
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="write a float16/bfloat16 copy of a checkpoint (half the disk)",
-                       description="Convert every floating-point tensor of a .safetensors checkpoint to float16 "
-                       "or bfloat16, keeping its layout and names, and copy its config file beside the copy.")
-    p.add_argument("src", metavar="SRC", help="a .safetensors file, a directory holding one, or a model name")
-    p.add_argument("dst", metavar="DST", help="output directory (the file keeps its name) or .safetensors path")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float16",
-                   help="float16 (default: 10-bit mantissa, range to 65504) or bfloat16 (8-bit mantissa, "
-                        "float32's range)")
-    p.set_defaults(func=cmd_convert)

@@ -20,15 +20,15 @@ How one file is fetched (what the hub's own client does, in fewer lines):
 
 Environment: `HF_ENDPOINT` (default https://huggingface.co: mirrors, and the tests' local server),
 `HF_TOKEN` (for gated or private repos), `HF_HUB_OFFLINE=1` (never touch the network), `MINICLIP_HOME`
-(where files go; see `cache_dir`).
+(where files go; see `miniclip.store.weights_dir`).
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import hashlib
 import http.client
+import importlib.metadata
 import json
 import os
 import re
@@ -45,11 +45,10 @@ from email.message import Message
 from pathlib import Path
 from typing import IO
 
-from .errors import DownloadError, WeightsError
-from .locks import file_lock
+from ..errors import DownloadError, WeightsError
+from ..store import HOME_ENV, file_lock, weights_dir
 from .registry import LAYOUTS, ModelInfo, format_size, lookup
 
-HOME_ENV = "MINICLIP_HOME"
 ENDPOINT_ENV = "HF_ENDPOINT"
 TOKEN_ENV = "HF_TOKEN"
 OFFLINE_ENV = "HF_HUB_OFFLINE"
@@ -68,28 +67,10 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Where files go
 
 
-def cache_dir() -> Path:
-    """Where downloaded weights live: `$MINICLIP_HOME` if set; else the `weights/` folder of a source checkout
-    (the folder beside the `miniclip` package that holds miniclip's weights/README.md) when it is writable;
-    else the user cache directory, `$XDG_CACHE_HOME/miniclip` or `~/.cache/miniclip`."""
-    if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]).expanduser()
-    checkout = _checkout_weights_dir()
-    if checkout is not None:
-        return checkout
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "miniclip"
-
-
-def _checkout_weights_dir() -> Path | None:
-    # An installed package sits in site-packages, whose parent has no weights/README.md: only a checkout does.
-    weights = Path(__file__).resolve().parents[1] / "weights"
-    return weights if (weights / "README.md").is_file() and os.access(weights, os.W_OK) else None
-
-
 def repo_dir(repo: str, cache: Path | None = None) -> Path:
     """`<cache>/<owner>--<name>`: one folder per hub repo ("/" cannot be in a folder name; the hub's own
     cache uses "--" the same way)."""
-    return (cache or cache_dir()) / repo.replace("/", "--")
+    return (cache or weights_dir()) / repo.replace("/", "--")
 
 
 def is_repo_id(name: str) -> bool:
@@ -132,11 +113,16 @@ class _Transient(DownloadError):
     retries these; anywhere else they are an ordinary DownloadError."""
 
 
-def _headers(token: str | None) -> dict[str, str]:
-    from . import __version__
+def _version() -> str:
+    try:
+        return importlib.metadata.version("miniclip")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
+
+def _headers(token: str | None) -> dict[str, str]:
     # identity: a compressed body would make Content-Length and byte ranges refer to other bytes
-    headers = {"User-Agent": f"miniclip/{__version__}", "Accept-Encoding": "identity"}
+    headers = {"User-Agent": f"miniclip/{_version()}", "Accept-Encoding": "identity"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return headers
@@ -162,7 +148,7 @@ def _request(url: str, method: str, headers: Mapping[str, str], timeout: float):
         raise DownloadError(
             f"cannot reach {_origin(url)[1] or url} ({reason}). Are you offline, or is ${ENDPOINT_ENV} wrong? "
             f"Without a network, download on another machine (`miniclip download NAME`) and copy the folder "
-            f"into {cache_dir()} (or point ${HOME_ENV} at it)") from e
+            f"into {weights_dir()} (or point ${HOME_ENV} at it)") from e
 
 
 def _status_error(status: int, headers: Message, repo: str, filename: str, url: str,
@@ -614,30 +600,3 @@ def resolve_source(source, *, allow_download: bool = True, progress: bool | None
         if info is None:  # it may have been meant as a path
             raise DownloadError(f"{name}: no such file or directory; as a hub repo id: {e}") from e
         raise
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line
-
-
-def cmd_download(args: argparse.Namespace) -> None:
-    for name in args.names:
-        path = download(name, progress=False if args.quiet else None, timeout=args.timeout, retries=args.retries)
-        print(f"{name}: {path}")
-    if not args.quiet and len(args.names) == 1:
-        print(f"load it with miniclip.load({args.names[0]!r}) or --weights {path}", file=sys.stderr)
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("download", help="download published weights by model name or hub repo id",
-                       description="Download a model from `miniclip models` (e.g. ViT-B-32) or any hub repo id "
-                       "(owner/name) holding CLIP safetensors, into $MINICLIP_HOME, the weights/ folder of a "
-                       f"source checkout, or ~/.cache/miniclip (here: {cache_dir()}). Honours $HF_ENDPOINT and "
-                       "$HF_TOKEN. An interrupted download resumes when run again.")
-    p.add_argument("names", nargs="+", metavar="NAME", help="model name (see `miniclip models`) or owner/name")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                   help=f"seconds to wait for the server before retrying (default {DEFAULT_TIMEOUT:g})")
-    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
-                   help=f"resumed attempts after an interruption (default {DEFAULT_RETRIES})")
-    p.set_defaults(func=cmd_download)

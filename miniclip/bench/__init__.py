@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ARCHITECTURES, CLIPConfig
-from .weights import expected_shapes
+from ..config import ARCHITECTURES, CLIPConfig
+from ..weights import expected_shapes
 
 
 def random_params(cfg: CLIPConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -91,9 +91,9 @@ def _rows(model_name: str, contender: str, cfg: CLIPConfig, batch: int, kind: st
 
 
 def bench_forward(model_name: str, backend: str, batches: list[int]) -> list[dict]:
-    from . import tokenize
-    from .backends import get_backend
-    from .model import CLIP
+    from .. import tokenize
+    from ..backends import get_backend
+    from ..model import CLIP
 
     cfg = ARCHITECTURES[model_name]
     model = CLIP(random_params(cfg), cfg, get_backend(backend))
@@ -149,9 +149,9 @@ class TimedOps:
 
 def bench_profile(model_name: str, backend: str, batch: int, repeats: int = 5) -> list[dict]:
     """Time per op (grouped by label) of the fastest of `repeats` forward passes, images and captions."""
-    from . import tokenize
-    from .backends import get_backend
-    from .model import CLIP
+    from .. import tokenize
+    from ..backends import get_backend
+    from ..model import CLIP
 
     cfg = ARCHITECTURES[model_name]
     ops = get_backend(backend)
@@ -202,7 +202,7 @@ def bench_transformers(model_name: str, batches: list[int], device: str = "cpu")
     what a user would otherwise run. Texts are padded to the batch's longest, as `padding=True` does."""
     import torch
 
-    from . import tokenize
+    from .. import tokenize
 
     cfg = ARCHITECTURES[model_name]
     contender = "torch" if device == "cpu" else f"torch-{device}"
@@ -238,7 +238,7 @@ def bench_onnxruntime(model_name: str, batches: list[int]) -> list[dict]:
     import onnxruntime as ort
     import torch
 
-    from . import tokenize
+    from .. import tokenize
 
     cfg = ARCHITECTURES[model_name]
     model = _transformers_model(cfg)
@@ -392,7 +392,7 @@ def bench_cold(model_name: str, contenders: list[str], repeats: int = 3) -> list
 
 def bench_gemm(model_name: str, batches: list[int]) -> list[dict]:
     """GFLOP/s of BLAS and of the Numba GEMM (gemm.py) on the ViT's qkv, out_proj, fc1 and fc2 shapes."""
-    from . import gemm
+    from ..backends import gemm
 
     cfg = ARCHITECTURES[model_name]
     D, F, T = cfg.vision_width, cfg.vision_mlp_dim, cfg.grid_size**2 + 1
@@ -410,7 +410,7 @@ def bench_gemm(model_name: str, batches: list[int]) -> list[dict]:
 
 def _to_transformers_names(tensors: dict[str, np.ndarray], cfg: CLIPConfig) -> dict[str, np.ndarray]:
     """Only for the load benchmark: the inverse of weights.from_transformers, checked by round trip."""
-    from .weights import _HF_BLOCK, _HF_TOP, _HF_TOWERS, _HF_TRANSPOSED, from_transformers
+    from ..weights import _HF_BLOCK, _HF_TOP, _HF_TOWERS, _HF_TRANSPOSED, from_transformers
 
     out = {hf: tensors[ours] for hf, ours in _HF_TOP.items()}
     out |= {hf: np.ascontiguousarray(tensors[ours].T) for hf, ours in _HF_TRANSPOSED.items()}

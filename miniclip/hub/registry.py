@@ -15,15 +15,14 @@ Names are matched case-insensitively. A hub repo id (`owner/name`) of a registry
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ACTIVATIONS
-from .errors import MiniclipError
+from ..config import ACTIVATIONS
+from ..errors import MiniclipError
 
 REGISTRY_FILE = Path(__file__).resolve().parent / "models.json"
 LAYOUTS = {"open_clip": ("open_clip_model.safetensors", "open_clip_config.json"),
@@ -144,21 +143,3 @@ def format_table(downloaded: Mapping[str, bool] | None = None) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def cmd_models(args: argparse.Namespace) -> None:
-    from .hub import cache_dir, is_downloaded  # hub imports this module; import here to avoid a cycle
-
-    print(format_table({name: is_downloaded(info) for name, info in models().items()}))
-    print()
-    print("ImageNet: zero-shot top-1 as measured by open_clip (docs/openclip_results.csv). "
-          "~: approximate size (float32).")
-    print("Names: ARCH = OpenAI weights (open_clip layout), ARCH-hf = the same in the transformers layout; "
-          "openai's 'ViT-B/32'-style names work too.")
-    print(f"Files go to {cache_dir()} (set $MINICLIP_HOME to change it). Any hub repo id (owner/name) can be "
-          "downloaded too.")
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the published CLIP models miniclip can download by name")
-    p.set_defaults(func=cmd_models)

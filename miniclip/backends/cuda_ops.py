@@ -39,8 +39,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import ops
-from .errors import MiniclipError
+from .. import ops
+from ..errors import MiniclipError
 
 name = "cupy"
 

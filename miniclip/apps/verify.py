@@ -24,7 +24,6 @@ It prints the worst differences per reference and backend: embeddings relative t
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass
@@ -33,17 +32,17 @@ from typing import IO
 
 import numpy as np
 
-from .backends import BACKENDS
-from .config import ARCHITECTURES
-from .errors import MiniclipError, WeightsError
-from .hub import resolve_source
-from .image_processor import load_image, make_preprocess
-from .model import CLIP
-from .safetensors_file import tensor_names
-from .tokenizer import tokenize
-from .weights import detect_layout, find_weights_file
+from ..backends import BACKENDS
+from ..config import ARCHITECTURES
+from ..errors import MiniclipError
+from ..hub.download import resolve_source
+from ..model import CLIP
+from ..preprocess import load_image, make_preprocess
+from ..safetensors_file import tensor_names
+from ..tokenizer import tokenize
+from ..weights import detect_layout, find_weights_file
 
-CLIP_PNG = Path(__file__).resolve().parent / "data" / "CLIP.png"
+CLIP_PNG = Path(__file__).resolve().parents[1] / "data" / "CLIP.png"
 PUBLISHED_TEXTS = ["a diagram", "a dog", "a cat"]
 PUBLISHED_PROBS = np.array([[0.9927937, 0.00421068, 0.00299572]])  # openai/CLIP README, ViT-B/32
 FEATURE_RTOL = 1e-4  # the test suite's tolerances (tests/test_model_fixtures.py)
@@ -190,7 +189,7 @@ def verify(source: str | os.PathLike, images: list[str] | None = None, texts: li
            save_reference: str | os.PathLike | None = None,
            out: IO[str] | None = None) -> list[Comparison]:
     """Compare every backend with every reference that applies; print the table to `out` and return it."""
-    from . import load
+    from .. import load
 
     out = out or sys.stdout
     backends = list(backends or BACKENDS)
@@ -274,40 +273,3 @@ def _print(out: IO[str], weights_file: Path, n_images: int, n_texts: int, result
               f"probabilities {PROB_ATOL:g}", file=out)
     for note in notes:
         print(f"note: {note}", file=out)
-
-
-def cmd_verify(args: argparse.Namespace) -> None:
-    from .cli import WEIGHTS_ENV
-
-    if not args.weights:
-        raise MiniclipError(f"no weights given: pass --weights PATH or a model name (e.g. ViT-B-32), or set "
-                            f"${WEIGHTS_ENV}")
-    results = verify(args.weights, args.images, args.texts, backends=args.backends, activation=args.activation,
-                     reference_fixture=args.reference_fixture, use_torch=not args.no_torch,
-                     save_reference=args.save_reference)
-    if not results:
-        raise MiniclipError("nothing to compare with: install torch and transformers/open_clip, pass "
-                            "--reference-fixture, or use OpenAI's ViT-B/32 with the default inputs")
-    failed = [r for r in results if not r.ok]
-    if failed:
-        raise WeightsError(f"{len(failed)} of {len(results)} comparisons exceed the tolerances: "
-                           + ", ".join(f"{r.reference} / {r.backend}" for r in failed))
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    from .cli import WEIGHTS_ENV
-
-    p = sub.add_parser("verify", help="compare miniclip's outputs with the reference implementations",
-                       description="Run every backend and the references that apply (torch: transformers or "
-                       "open_clip if installed; a stored fixture; openai's published CLIP.png example for "
-                       "ViT-B/32) on the same inputs and print the worst differences.")
-    p.add_argument("--weights", default=os.environ.get(WEIGHTS_ENV),
-                   help=f"a .safetensors file, a directory, a model name or hub repo id (default: ${WEIGHTS_ENV})")
-    p.add_argument("--images", nargs="+", metavar="IMAGE", help="images to compare on (default: CLIP.png)")
-    p.add_argument("--texts", nargs="+", metavar="TEXT", help="texts (default: a diagram, a dog, a cat)")
-    p.add_argument("--backends", nargs="+", choices=list(BACKENDS), help="default: all")
-    p.add_argument("--activation", choices=["quick_gelu", "gelu"], help="only for weights without a config file")
-    p.add_argument("--reference-fixture", metavar="NPZ", help="compare with stored reference outputs")
-    p.add_argument("--save-reference", metavar="NPZ", help="store the torch reference's inputs and outputs")
-    p.add_argument("--no-torch", action="store_true", help="skip the torch reference even if it is installed")
-    p.set_defaults(func=cmd_verify)

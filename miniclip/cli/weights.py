@@ -1,0 +1,115 @@
+"""Commands about weights: `miniclip models`, `download`, `convert`, `verify`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..apps.verify import verify
+from ..backends import BACKENDS
+from ..errors import MiniclipError, WeightsError
+from ..hub.convert import DTYPES, convert
+from ..hub.download import DEFAULT_RETRIES, DEFAULT_TIMEOUT, download, is_downloaded, resolve_source
+from ..hub.registry import format_size, format_table, models
+from ..safetensors_file import checkpoint_files
+from ..store import weights_dir
+from ..weights import find_weights_file
+from .common import WEIGHTS_ENV
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    print(format_table({name: is_downloaded(info) for name, info in models().items()}))
+    print()
+    print("ImageNet: zero-shot top-1 as measured by open_clip (docs/openclip_results.csv). "
+          "~: approximate size (float32).")
+    print("Names: ARCH = OpenAI weights (open_clip layout), ARCH-hf = the same in the transformers layout; "
+          "openai's 'ViT-B/32'-style names work too.")
+    print(f"Files go to {weights_dir()} (set $MINICLIP_HOME to change it). Any hub repo id (owner/name) can be "
+          "downloaded too.")
+
+
+def add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the published CLIP models miniclip can download by name")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    for name in args.names:
+        path = download(name, progress=False if args.quiet else None, timeout=args.timeout, retries=args.retries)
+        print(f"{name}: {path}")
+    if not args.quiet and len(args.names) == 1:
+        print(f"load it with miniclip.load({args.names[0]!r}) or --weights {path}", file=sys.stderr)
+
+
+def add_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="download published weights by model name or hub repo id",
+                       description="Download a model from `miniclip models` (e.g. ViT-B-32) or any hub repo id "
+                       "(owner/name) holding CLIP safetensors, into $MINICLIP_HOME, the weights/ folder of a "
+                       f"source checkout, or ~/.cache/miniclip (here: {weights_dir()}). Honours $HF_ENDPOINT and "
+                       "$HF_TOKEN. An interrupted download resumes when run again.")
+    p.add_argument("names", nargs="+", metavar="NAME", help="model name (see `miniclip models`) or owner/name")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds to wait for the server before retrying (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                   help=f"resumed attempts after an interruption (default {DEFAULT_RETRIES})")
+    p.set_defaults(func=cmd_download)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    src_file = find_weights_file(resolve_source(args.src))
+    out = convert(src_file, args.dst, args.dtype)
+    before, after = (sum(f.stat().st_size for f in checkpoint_files(path)) for path in (src_file, out))
+    print(f"wrote {out}: {format_size(after)} in {args.dtype} (was {format_size(before)}, "
+          f"{after / before:.0%}); load it as before, miniclip computes in float32")
+
+
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="write a float16/bfloat16 copy of a checkpoint (half the disk)",
+                       description="Convert every floating-point tensor of a .safetensors checkpoint to float16 "
+                       "or bfloat16, keeping its layout and names, and copy its config file beside the copy.")
+    p.add_argument("src", metavar="SRC", help="a .safetensors file, a directory holding one, or a model name")
+    p.add_argument("dst", metavar="DST", help="output directory (the file keeps its name) or .safetensors path")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float16",
+                   help="float16 (default: 10-bit mantissa, range to 65504) or bfloat16 (8-bit mantissa, "
+                        "float32's range)")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    if not args.weights:
+        raise MiniclipError(f"no weights given: pass --weights PATH or a model name (e.g. ViT-B-32), or set "
+                            f"${WEIGHTS_ENV}")
+    results = verify(args.weights, args.images, args.texts, backends=args.backends, activation=args.activation,
+                     reference_fixture=args.reference_fixture, use_torch=not args.no_torch,
+                     save_reference=args.save_reference)
+    if not results:
+        raise MiniclipError("nothing to compare with: install torch and transformers/open_clip, pass "
+                            "--reference-fixture, or use OpenAI's ViT-B/32 with the default inputs")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise WeightsError(f"{len(failed)} of {len(results)} comparisons exceed the tolerances: "
+                           + ", ".join(f"{r.reference} / {r.backend}" for r in failed))
+
+
+def add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="compare miniclip's outputs with the reference implementations",
+                       description="Run every backend and the references that apply (torch: transformers or "
+                       "open_clip if installed; a stored fixture; openai's published CLIP.png example for "
+                       "ViT-B/32) on the same inputs and print the worst differences.")
+    p.add_argument("--weights", default=os.environ.get(WEIGHTS_ENV),
+                   help=f"a .safetensors file, a directory, a model name or hub repo id (default: ${WEIGHTS_ENV})")
+    p.add_argument("--images", nargs="+", metavar="IMAGE", help="images to compare on (default: CLIP.png)")
+    p.add_argument("--texts", nargs="+", metavar="TEXT", help="texts (default: a diagram, a dog, a cat)")
+    p.add_argument("--backends", nargs="+", choices=list(BACKENDS), help="default: all")
+    p.add_argument("--activation", choices=["quick_gelu", "gelu"], help="only for weights without a config file")
+    p.add_argument("--reference-fixture", metavar="NPZ", help="compare with stored reference outputs")
+    p.add_argument("--save-reference", metavar="NPZ", help="store the torch reference's inputs and outputs")
+    p.add_argument("--no-torch", action="store_true", help="skip the torch reference even if it is installed")
+    p.set_defaults(func=cmd_verify)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    for add in (add_models, add_download, add_convert, add_verify):
+        add(sub)

@@ -1,0 +1,139 @@
+"""Where miniclip's files live, and how they are written: the one place for cache roots, locks and atomic
+writes.
+
+- `weights_dir()`: downloaded weights. `cache_dir()`: files miniclip computes (GEMM choice, zero-shot
+  classifiers). Both under `$MINICLIP_HOME` when it is set.
+- `file_lock`: one process at a time for work that two processes must not do at once on the same files
+  (building an index in one folder, downloading one file). Advisory locks (`flock`) on a small lock file:
+  the kernel releases them when the holder exits, even when it is killed, so a crash never leaves a stale
+  lock (only, then, the empty lock file, which the next run reuses). The holder deletes the file when it is
+  done; a process that locked a file which was deleted meanwhile notices (another inode at the path) and
+  starts over, so two processes never both hold "the" lock.
+- `atomic_write_bytes`: readers see the old file or the complete new one, never a partial write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; such runs are not locked against each other (README Limitations)
+    fcntl = None
+
+HOME_ENV = "MINICLIP_HOME"
+
+
+def _user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "miniclip"
+
+
+def weights_dir() -> Path:
+    """Where downloaded weights live: `$MINICLIP_HOME` if set; else the `weights/` folder of a source checkout
+    (the folder beside the `miniclip` package that holds miniclip's weights/README.md) when it is writable;
+    else the user cache directory, `$XDG_CACHE_HOME/miniclip` or `~/.cache/miniclip`."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser()
+    return _checkout_weights_dir() or _user_cache()
+
+
+def _checkout_weights_dir() -> Path | None:
+    # An installed package sits in site-packages, whose parent has no weights/README.md: only a checkout does.
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    return weights if (weights / "README.md").is_file() and os.access(weights, os.W_OK) else None
+
+
+def cache_dir() -> Path:
+    """Where miniclip keeps files it computes: `$MINICLIP_HOME/cache`, else `$XDG_CACHE_HOME/miniclip`, else
+    `~/.cache/miniclip`."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser() / "cache"
+    return _user_cache()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one, never a
+    partial write: write a temporary file in the same directory, fsync it, then ``os.replace`` it (an atomic
+    rename on POSIX and Windows)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh name opened with "x" (exclusive create): unlike tempfile.mkstemp's private 0600 files, the
+    # result gets the permissions the user's umask gives any new file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """`array` as the bytes of a float32 .npy file (for atomic_write_bytes)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+class Locked(Exception):
+    """Another process holds the lock; `holder` is its process id as it wrote it (may be empty)."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is locked by process {holder or '(unknown)'}")
+        self.path, self.holder = path, holder
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, wait: bool, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if need be) for the `with` block. If another process holds
+    it: wait=False raises `Locked` at once; wait=True calls `on_wait(holder pid)` and blocks until it is
+    free."""
+    path = Path(path)
+    if fcntl is None:
+        yield
+        return
+    waited = False
+    while True:
+        f = open(path, "a+", encoding="ascii")
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip()
+                if not wait:
+                    raise Locked(path, holder) from None
+                if on_wait is not None and not waited:
+                    on_wait(holder)
+                waited = True
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous holder deleted the file we locked: lock the one at the path now
+                continue
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)  # while still holding it: see the module docstring
+            return
+        finally:
+            f.close()  # closing releases the lock
