@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -14,16 +15,27 @@ import numpy as np
 
 from .backends import get_backend
 from .config import CLIPConfig
-from .errors import DownloadError, ImageError, MiniclipError, TokenizerError, WeightsError
+from .errors import (
+    BrokenIndexError,
+    CudaUnavailableError,
+    DownloadError,
+    ImageError,
+    InputError,
+    Locked,
+    MiniclipError,
+    TokenizerError,
+    WeightsError,
+)
 from .hub.download import resolve_source
 from .hub.registry import available_models
 from .model import CLIP
-from .preprocess import make_preprocess
+from .preprocess import preprocess as _preprocess
 from .tokenizer import decode, tokenize
 from .weights import load_weights
 
-__all__ = ["CLIP", "CLIPConfig", "DownloadError", "ImageError", "MiniclipError", "TokenizerError", "WeightsError",
-           "available_models", "decode", "load", "tokenize"]
+__all__ = ["CLIP", "BrokenIndexError", "CLIPConfig", "CudaUnavailableError", "DownloadError", "ImageError",
+           "InputError", "Locked", "MiniclipError", "TokenizerError", "WeightsError", "available_models", "decode",
+           "load", "tokenize"]
 __version__ = "0.1.0"
 
 
@@ -46,4 +58,4 @@ def load(source: str | os.PathLike, backend: str = "numpy", activation: str | No
     """
     ops = get_backend(backend, threads)
     params, config = load_weights(resolve_source(source, allow_download=download), activation=activation)
-    return CLIP(params, config, ops), make_preprocess(config.image_size)
+    return CLIP(params, config, ops), functools.partial(_preprocess, image_size=config.image_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 ACTIVATIONS = ("quick_gelu", "gelu")
+HEAD_WIDTH = 64  # every published CLIP ViT-B/L and text tower uses 64-wide heads (ViT-H/g: see config files)
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,7 @@ class CLIPConfig:
     patch_size: int  # P: side of a square patch; the image is a (S/P) x (S/P) grid of patches
     vision_width: int  # D_v: width of the ViT residual stream
     vision_layers: int  # number of residual attention blocks
-    vision_heads: int  # attention heads; head width D_v / heads is 64 in all published CLIPs
+    vision_heads: int  # attention heads; head width D_v / heads is HEAD_WIDTH in all published CLIPs
     vision_mlp_dim: int  # hidden width of each block's MLP (4 * D_v in CLIP)
     # text encoder (a GPT-2-style transformer with a causal mask, paper section 2.4)
     context_length: int  # T: token positions (77)
@@ -37,9 +38,9 @@ class CLIPConfig:
 
 def _vit(embed_dim, image_size, patch_size, width, layers, text_width, text_layers):
     return CLIPConfig(embed_dim=embed_dim, image_size=image_size, patch_size=patch_size, vision_width=width,
-                      vision_layers=layers, vision_heads=width // 64, vision_mlp_dim=4 * width, context_length=77,
-                      vocab_size=49408, text_width=text_width, text_layers=text_layers,
-                      text_heads=text_width // 64, text_mlp_dim=4 * text_width)
+                      vision_layers=layers, vision_heads=width // HEAD_WIDTH, vision_mlp_dim=4 * width,
+                      context_length=77, vocab_size=49408, text_width=text_width, text_layers=text_layers,
+                      text_heads=text_width // HEAD_WIDTH, text_mlp_dim=4 * text_width)
 
 
 # The published OpenAI architectures (openai/CLIP clip/model.py build_model on the released checkpoints).

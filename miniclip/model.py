@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import CLIPConfig
-from .errors import MiniclipError
+from .errors import InputError
 from .ops import split_heads
 
 
@@ -36,15 +36,35 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
     return listify(tree)
 
 
-class Recorder:
+class NoRecorder:
+    """What the forward pass reports its stages to; this default records nothing and costs nothing, so the
+    model code needs no `if` for it. `Recorder` (below) keeps them."""
+
+    keeps_all_tokens = False  # recording wants every token's state, so the exact shortcuts are off then
+
+    def step(self, name: str, x):  # a named stage's output, passed through
+        return x
+
+    def hidden(self, x) -> None:  # a block's input (and, last, the final block's output)
+        pass
+
+    def attention(self, name: str, qkv, n_head: int, causal: bool) -> None:  # a block's attention input
+        pass
+
+
+class Recorder(NoRecorder):
     """Collects what a forward pass computes, for people looking inside the model (return_hidden=True,
-    `miniclip trace`). Passing none (the default) records nothing and costs nothing.
+    `miniclip trace`).
 
     hidden_states: the input of the first block, then each block's output: L + 1 arrays [B, T, D], as
     transformers' `output_hidden_states`. attentions: each block's attention probabilities [B, H, T, T],
-    as transformers' `output_attentions`. steps: (name, array) of every stage, in order."""
+    as transformers' `output_attentions`, computed apart by `ops.attention_probs` (ops.attention, fused
+    in the fast backends, keeps none). steps: (name, array) of every stage, in order."""
 
-    def __init__(self):
+    keeps_all_tokens = True
+
+    def __init__(self, ops):
+        self.ops = ops
         self.hidden_states: list = []
         self.attentions: list = []
         self.steps: list[tuple[str, object]] = []
@@ -53,42 +73,43 @@ class Recorder:
         self.steps.append((name, x))
         return x
 
+    def hidden(self, x) -> None:
+        self.hidden_states.append(x)
+
+    def attention(self, name: str, qkv, n_head: int, causal: bool) -> None:  # [B, T, 3D] -> keeps [B, H, T, T]
+        q, k, _ = split_heads(qkv, n_head)
+        self.attentions.append(self.step(name, self.ops.attention_probs(q, k, causal)))
+
+
+NO_RECORDER = NoRecorder()
+
 
 def residual_attention_block(x, ln_1, attn, ln_2, mlp, *, n_head, causal, act, eps, ops,
-                             keep=None, rec=None, name=""):  # [B, T, D] -> [B, T, D] (or [B, T_keep, D])
+                             keep=None, rec=NO_RECORDER, name=""):  # [B, T, D] -> [B, T, D] (or [B, T_keep, D])
     """Pre-LN transformer block (OpenAI clip/model.py ResidualAttentionBlock):
     x + attn(ln_1(x)), then x + mlp(ln_2(x)). `keep` (a slice of token positions) computes the output of
     those tokens only, when nothing reads the others: every token is still attended to."""
     h = ops.layer_norm(x, **ln_1, eps=eps)
     qkv = ops.linear(h, attn["in_proj_weight"], attn["in_proj_bias"])  # [B, T, D] -> [B, T, 3D]
-    if rec is not None:  # the probabilities, computed apart: ops.attention (fused in fast backends) keeps none
-        probs = ops.attention_probs(*split_heads(qkv, n_head)[:2], causal)  # [B, H, T, T]
-        rec.attentions.append(rec.step(f"{name}.attn.probs", probs))
+    rec.attention(f"{name}.attn.probs", qkv, n_head, causal)
     h = ops.attention(qkv, n_head, causal)  # [B, T, 3D] -> [B, T, D]
     if keep is not None:  # after attention, tokens no longer mix: the rest of the block is per token
         x, h = x[:, keep], h[:, keep]
-    x = ops.linear(h, **attn["out_proj"], residual=x)  # x + out_proj(h): [B, T, D]
-    if rec is not None:
-        rec.step(f"{name} + attn", x)
+    x = rec.step(f"{name} + attn", ops.linear(h, **attn["out_proj"], residual=x))  # x + out_proj(h): [B, T, D]
     h = ops.layer_norm(x, **ln_2, eps=eps)
-    h = ops.linear(h, **mlp["c_fc"], act=act)  # act(c_fc(h)): [B, T, D] -> [B, T, F]
-    if rec is not None:
-        rec.step(f"{name}.mlp.c_fc + {act}", h)
+    h = rec.step(f"{name}.mlp.c_fc + {act}", ops.linear(h, **mlp["c_fc"], act=act))  # act(c_fc(h)): [B, T, F]
     return ops.linear(h, **mlp["c_proj"], residual=x)  # x + c_proj(h): [B, T, F] -> [B, T, D]
 
 
-def transformer(x, resblocks, keep_last=None, rec=None, name="", **block_kwargs):  # [B, T, D] -> [B, T, D]
+def transformer(x, resblocks, keep_last=None, rec=NO_RECORDER, name="", **block_kwargs):  # [B, T, D] -> [B, T, D]
     """The blocks in turn; `keep_last` limits the last block's output to those token positions (not when
     recording, since then every token's hidden state is wanted)."""
     for i, block in enumerate(resblocks):
-        keep = keep_last if i == len(resblocks) - 1 and rec is None else None
-        if rec is not None:
-            rec.hidden_states.append(x)
+        keep = keep_last if i == len(resblocks) - 1 and not rec.keeps_all_tokens else None
+        rec.hidden(x)
         x = residual_attention_block(x, **block, keep=keep, rec=rec, name=f"{name}.resblocks.{i}", **block_kwargs)
-        if rec is not None:
-            rec.step(f"{name}.resblocks.{i} + mlp", x)
-    if rec is not None:
-        rec.hidden_states.append(x)
+        x = rec.step(f"{name}.resblocks.{i} + mlp", x)
+    rec.hidden(x)
     return x
 
 
@@ -101,44 +122,42 @@ def patchify(images, P):  # [B, 3, S, S] -> [B, N, 3*P*P]
     return x.reshape(B, g * g, C * P * P)
 
 
-def vision_transformer(images, visual, cfg: CLIPConfig, ops, rec=None):  # [B, 3, S, S] -> [B, E]
+def vision_transformer(images, visual, cfg: CLIPConfig, ops, rec=NO_RECORDER):  # [B, 3, S, S] -> [B, E]
     """The image encoder: a ViT (Dosovitskiy et al. 2020) with an extra LayerNorm before the transformer
     (CLIP paper section 2.4). `rec` (a Recorder) collects every stage when given."""
-    note = rec.step if rec is not None else lambda name, x: x
     D = cfg.vision_width
     conv1 = visual["conv1"]["weight"].reshape(D, -1)  # [D, 3, P, P] -> [D, 3*P*P], a view
-    x = note("visual.patchify", patchify(images, cfg.patch_size))  # [B, 3, S, S] -> [B, N, 3*P*P]
-    x = note("visual.conv1", ops.linear(x, conv1))  # [B, N, 3*P*P] -> [B, N, D]
+    x = rec.step("visual.patchify", patchify(images, cfg.patch_size))  # [B, 3, S, S] -> [B, N, 3*P*P]
+    x = rec.step("visual.conv1", ops.linear(x, conv1))  # [B, N, 3*P*P] -> [B, N, D]
     cls = np.broadcast_to(visual["class_embedding"], (x.shape[0], 1, D)).astype(x.dtype)
-    x = note("visual.class_embedding", np.concatenate([cls, x], axis=1))  # prepend the class token: [B, 1 + N, D]
-    x = note("visual.positional_embedding", x + visual["positional_embedding"])  # learned positions: [1 + N, D]
-    x = note("visual.ln_pre", ops.layer_norm(x, **visual["ln_pre"], eps=cfg.layer_norm_eps))
+    x = rec.step("visual.class_embedding", np.concatenate([cls, x], axis=1))  # prepend the class token: [B, 1 + N, D]
+    x = rec.step("visual.positional_embedding", x + visual["positional_embedding"])  # learned positions: [1 + N, D]
+    x = rec.step("visual.ln_pre", ops.layer_norm(x, **visual["ln_pre"], eps=cfg.layer_norm_eps))
     # Only the class token is read after the last block (by ln_post), so that block's out_proj and MLP
     # run on it alone (keep_last): an exact shortcut, as tokens do not mix after attention.
     x = transformer(x, visual["transformer"]["resblocks"], keep_last=slice(0, 1), rec=rec,
                     name="visual.transformer", n_head=cfg.vision_heads, causal=False, act=cfg.activation,
                     eps=cfg.layer_norm_eps, ops=ops)
-    x = note("visual.ln_post", ops.layer_norm(x[:, 0, :], **visual["ln_post"], eps=cfg.layer_norm_eps))  # [B, D]
-    return note("visual.proj", ops.linear(x, visual["proj"].T))  # [B, D] -> [B, E]; proj is stored [D, E]
+    x = rec.step("visual.ln_post", ops.layer_norm(x[:, 0, :], **visual["ln_post"], eps=cfg.layer_norm_eps))  # [B, D]
+    return rec.step("visual.proj", ops.linear(x, visual["proj"].T))  # [B, D] -> [B, E]; proj is stored [D, E]
 
 
-def text_transformer(tokens, p, cfg: CLIPConfig, ops, rec=None):  # [B, T] -> [B, E]
+def text_transformer(tokens, p, cfg: CLIPConfig, ops, rec=NO_RECORDER):  # [B, T] -> [B, E]
     """The text encoder: a GPT-2-style transformer with a causal mask (section 2.4); the text's feature is
     the final activation at its end-of-text token, the largest token id (OpenAI's `text.argmax(-1)`)."""
-    note = rec.step if rec is not None else lambda name, x: x
     eot = tokens.argmax(axis=-1)  # [B]: position of each text's end token
     # Exact shortcut: with the causal mask no position sees a later one, so positions after the batch's last
     # end token cannot change any pooled feature: drop them (77 -> ~10-20 tokens for typical captions).
     # Not when recording: every position's hidden state is then wanted.
-    T = int(eot.max()) + 1 if rec is None else tokens.shape[1]
+    T = tokens.shape[1] if rec.keeps_all_tokens else int(eot.max()) + 1
     tokens = tokens[:, :T]
-    x = note("token_embedding", p["token_embedding"]["weight"][tokens])  # [B, T] -> [B, T, D]
-    x = note("positional_embedding", x + p["positional_embedding"][:T])  # [T, D]
+    x = rec.step("token_embedding", p["token_embedding"]["weight"][tokens])  # [B, T] -> [B, T, D]
+    x = rec.step("positional_embedding", x + p["positional_embedding"][:T])  # [T, D]
     x = transformer(x, p["transformer"]["resblocks"], rec=rec, name="transformer", n_head=cfg.text_heads,
                     causal=True, act=cfg.activation, eps=cfg.layer_norm_eps, ops=ops)
-    x = note("ln_final", ops.layer_norm(x, **p["ln_final"], eps=cfg.layer_norm_eps))
-    x = note("end token", x[np.arange(x.shape[0]), eot])  # [B, T, D] -> [B, D] at each end token
-    return note("text_projection", ops.linear(x, p["text_projection"].T))  # [B, D] -> [B, E]; stored [D, E]
+    x = rec.step("ln_final", ops.layer_norm(x, **p["ln_final"], eps=cfg.layer_norm_eps))
+    x = rec.step("end token", x[np.arange(x.shape[0]), eot])  # [B, T, D] -> [B, D] at each end token
+    return rec.step("text_projection", ops.linear(x, p["text_projection"].T))  # [B, D] -> [B, E]; stored [D, E]
 
 
 def normalize(x):  # [B, E] -> [B, E], unit L2 norm per row
@@ -166,11 +185,11 @@ class CLIP:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != (3, S, S):
             hint = " (a single image? use images[None] or np.stack([...]))" if images.shape == (3, S, S) else ""
-            raise MiniclipError(f"encode_image expects preprocessed images of shape [B, 3, {S}, {S}], "
+            raise InputError(f"encode_image expects preprocessed images of shape [B, 3, {S}, {S}], "
                                 f"got {list(images.shape)}{hint}")
         if not np.issubdtype(images.dtype, np.floating):
-            raise MiniclipError(f"encode_image expects float pixels from preprocess(), got dtype {images.dtype}")
-        rec = Recorder() if return_hidden else None
+            raise InputError(f"encode_image expects float pixels from preprocess(), got dtype {images.dtype}")
+        rec = Recorder(self.ops) if return_hidden else NO_RECORDER
         pixels = self.ops.to_device(images.astype(np.float32, copy=False))
         features = self.ops.to_host(vision_transformer(pixels, self.params["visual"], self.config, self.ops, rec))
         return (features, _hidden(rec, self.ops.to_host)) if return_hidden else features
@@ -181,11 +200,11 @@ class CLIP:
         tokens = np.asarray(tokens)
         T_max, V = self.config.context_length, self.config.vocab_size
         if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= T_max or not np.issubdtype(tokens.dtype, np.integer):
-            raise MiniclipError(f"encode_text expects integer token ids of shape [B, T] with T <= {T_max} "
+            raise InputError(f"encode_text expects integer token ids of shape [B, T] with T <= {T_max} "
                                 f"(from miniclip.tokenize), got {tokens.dtype} {list(tokens.shape)}")
         if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
-            raise MiniclipError(f"token ids must lie in [0, {V}), found {tokens.min()}..{tokens.max()}")
-        rec = Recorder() if return_hidden else None
+            raise InputError(f"token ids must lie in [0, {V}), found {tokens.min()}..{tokens.max()}")
+        rec = Recorder(self.ops) if return_hidden else NO_RECORDER
         features = self.ops.to_host(text_transformer(tokens, self.params, self.config, self.ops, rec))
         return (features, _hidden(rec, self.ops.to_host)) if return_hidden else features
 

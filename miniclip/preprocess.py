@@ -13,7 +13,7 @@ openai/CLIP builds its preprocessing in ``clip/clip.py`` as::
 
 open_clip's inference transform (``open_clip.transform.image_transform`` with the default
 ``resize_mode="shortest"``) is the same chain. Every step that touches pixels there is a Pillow call
-made by torchvision (``Image.resize``, ``ImageOps.expand``, ``Image.crop``, ``Image.convert``), so
+made by torchvision (``Image.resize``, ``Image.crop``, ``Image.convert``), so
 this module makes exactly those Pillow calls, with the sizes and offsets computed the way
 torchvision computes them, and replaces only ``ToTensor``/``Normalize`` by the same float32
 arithmetic in NumPy. The result is bit-for-bit what torchvision returns for the same Pillow
@@ -23,7 +23,7 @@ The torchvision functions mirrored here (torchvision 0.29, ``torchvision/transfo
 
 - ``functional._compute_resized_output_size``     -> :func:`resized_output_size`
 - ``functional.resize`` / ``_functional_pil.resize`` -> :func:`resize_shorter_side`
-- ``functional.center_crop`` / ``_functional_pil.pad`` / ``_functional_pil.crop`` -> :func:`center_crop`
+- ``functional.center_crop`` / ``_functional_pil.crop`` -> :func:`center_crop`
 - ``functional.to_tensor`` + ``functional.normalize`` -> :func:`to_normalized_array`
 """
 
@@ -31,22 +31,18 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
 
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
-    "Preprocess",
     "center_crop",
     "load_image",
-    "make_preprocess",
     "preprocess",
     "resize_shorter_side",
     "resized_output_size",
@@ -69,28 +65,21 @@ _STD_F32 = np.asarray(CLIP_STD, dtype=np.float32).reshape(3, 1, 1)
 # --------------------------------------------------------------------------------------------------
 
 
-def resized_output_size(height: int, width: int, size: int, max_size: int | None = None) -> tuple[int, int]:
+def resized_output_size(height: int, width: int, size: int) -> tuple[int, int]:
     """The ``(height, width)`` torchvision's ``Resize(size)`` (an int: the shorter side) gives an image.
 
     A line-for-line transcription of ``torchvision.transforms.functional._compute_resized_output_size``
-    for the single-int ``size`` case: the shorter side becomes ``size`` and the longer one is
-    ``int(size * long / short)``, i.e. the float product *truncated*, not rounded (so a 500x375 image
-    resized to 224 becomes 298x224, not 299x224). With ``max_size``, if that longer side would exceed
-    ``max_size`` both sides are scaled down again so the longer one equals ``max_size``. openai/CLIP
-    does not pass ``max_size``; it is here so the function is the whole of torchvision's rule.
+    for the single-int ``size`` case CLIP uses (no ``max_size``): the shorter side becomes ``size`` and the
+    longer one is ``int(size * long / short)``, i.e. the float product *truncated*, not rounded (so a 500x375
+    image resized to 224 becomes 298x224, not 299x224).
     """
-    if max_size is not None and max_size <= size:
-        # The same check as torchvision's.
-        raise ValueError(f"max_size = {max_size} must be greater than the shorter-side size = {size}")
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = size, int(size * long / short)
-    if max_size is not None and new_long > max_size:
-        new_short, new_long = int(max_size * new_short / new_long), max_size
     new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
     return new_height, new_width
 
 
-def resize_shorter_side(image: Image.Image, size: int, max_size: int | None = None) -> Image.Image:
+def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
     """Resize so the shorter side is ``size``, as ``torchvision.transforms.Resize(size, BICUBIC)``.
 
     torchvision (``functional.resize``) hands a PIL image straight to ``Image.resize(size, BICUBIC)``
@@ -103,7 +92,7 @@ def resize_shorter_side(image: Image.Image, size: int, max_size: int | None = No
     flag does not matter for PIL input.
     """
     width, height = image.size
-    new_height, new_width = resized_output_size(height, width, size, max_size)
+    new_height, new_width = resized_output_size(height, width, size)
     if (new_height, new_width) == (height, width):
         return image
     return image.resize((new_width, new_height), Image.Resampling.BICUBIC)
@@ -114,38 +103,20 @@ def resize_shorter_side(image: Image.Image, size: int, max_size: int | None = No
 # --------------------------------------------------------------------------------------------------
 
 
-def _pad_with_zeros(image: Image.Image, left: int, top: int, right: int, bottom: int) -> Image.Image:
-    """Add a black (zero) border, as torchvision's ``_functional_pil.pad(img, padding, fill=0)``."""
-    # torchvision `_parse_fill`: the fill value 0 is repeated once per band for multi-band images.
-    bands = len(image.getbands())
-    fill: int | tuple[int, ...] = 0 if bands == 1 else (0,) * bands
-    padded = ImageOps.expand(image, border=(left, top, right, bottom), fill=fill)
-    if image.mode == "P":
-        # torchvision re-applies the palette after expanding a "P" image (older Pillows lost it;
-        # current ones keep it, so this changes nothing there). So do we.
-        padded.putpalette(image.getpalette())
-    return padded
+def center_offsets(width: int, height: int, size: int) -> tuple[int, int]:
+    """(left, top) of the central ``size`` x ``size`` square, as ``torchvision.transforms.functional.center_crop``:
+    ``int(round((side - size) / 2.0))`` on each axis, with Python's round-half-to-even."""
+    return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """The central ``size`` x ``size`` square, as ``torchvision.transforms.CenterCrop(size)``.
-
-    Follows ``torchvision.transforms.functional.center_crop``: a side shorter than ``size`` is first
-    padded with zeros (the extra pixel of an odd padding goes right/bottom), then the crop box
-    starts at ``int(round((side - size) / 2.0))``, with Python's round-half-to-even, on each axis.
-    After :func:`resize_shorter_side` the image is never smaller than ``size``, so CLIP's own
-    pipeline never pads; the padding is here so this function equals CenterCrop on its own.
-    """
+    """The central ``size`` x ``size`` square, as ``torchvision.transforms.CenterCrop(size)`` on an image at
+    least that large (after :func:`resize_shorter_side` it always is, so CenterCrop's zero padding of smaller
+    images is never reached in CLIP and is not reproduced here)."""
     width, height = image.size
     if size > width or size > height:
-        pad_w = size - width if size > width else 0
-        pad_h = size - height if size > height else 0
-        image = _pad_with_zeros(image, pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2)
-        width, height = image.size
-        if (width, height) == (size, size):
-            return image
-    top = int(round((height - size) / 2.0))
-    left = int(round((width - size) / 2.0))
+        raise ValueError(f"center_crop needs an image of at least {size}x{size}, got {width}x{height}")
+    left, top = center_offsets(width, height, size)
     # `_functional_pil.crop`: Pillow's box is (left, upper, right, lower), right/lower exclusive.
     return image.crop((left, top, left + size, top + size))
 
@@ -200,6 +171,23 @@ def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:
     raise TypeError(f"expected a PIL.Image.Image (or a uint8 NumPy array), got {type(image).__name__}")
 
 
+# A very elongated image would be resized to a huge strip only to keep its centre: a 178-byte 100000x1 PNG
+# becomes 22,400,000x224 pixels (6 GB). When the resized long side would pass MAX_RESIZED_SIDE (15 MB of
+# RGB at 224), only the centre is resampled (Pillow's `box`): the same filter on the same source pixels.
+MAX_RESIZED_SIDE = 16384
+
+
+def _resize_center_only(image: Image.Image, new_width: int, new_height: int, size: int) -> Image.Image:
+    """resize_shorter_side + center_crop without the resized image: Pillow's resize with a `box` (in source
+    pixels) computes each output pixel from the same source pixels with the same filter weights: the crop
+    box's left edge, in resized pixels, times the scale W / new_width is where its source region starts."""
+    width, height = image.size
+    left, top = center_offsets(new_width, new_height, size)
+    sx, sy = width / new_width, height / new_height
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+
+
 def preprocess(image: Image.Image | np.ndarray, image_size: int = 224) -> np.ndarray:
     """CLIP's preprocessing of one image: a C-contiguous float32 array of shape ``(3, S, S)``.
 
@@ -224,8 +212,11 @@ def preprocess(image: Image.Image | np.ndarray, image_size: int = 224) -> np.nda
         # torchvision would divide by zero computing the resized size.
         raise ImageError(f"image has no pixels: size {width}x{height}")
 
-    image = resize_shorter_side(image, image_size)
-    image = center_crop(image, image_size)
+    new_height, new_width = resized_output_size(height, width, image_size)
+    if max(new_height, new_width) <= MAX_RESIZED_SIDE:
+        image = center_crop(resize_shorter_side(image, image_size), image_size)
+    else:
+        image = _resize_center_only(image, new_width, new_height, image_size)
     try:
         # openai/CLIP `_convert_image_to_rgb` / open_clip `MaybeConvertMode`: image.convert("RGB").
         rgb = image.convert("RGB")
@@ -234,27 +225,6 @@ def preprocess(image: Image.Image | np.ndarray, image_size: int = 224) -> np.nda
         # torchvision's transform fails on them the same way. Say so instead of guessing a meaning.
         raise ImageError(f"cannot convert a mode {image.mode!r} image to RGB: {exc}") from exc
     return to_normalized_array(rgb)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """The openai-style ``preprocess`` callable: ``Preprocess(224)(image) -> (3, 224, 224) float32``."""
-
-    image_size: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "image_size", _check_image_size(self.image_size))
-
-    def __call__(self, image: Image.Image | np.ndarray) -> np.ndarray:
-        return preprocess(image, self.image_size)
-
-
-def make_preprocess(image_size: int) -> Callable[[Image.Image], np.ndarray]:
-    """The preprocessing function for a model whose input is ``image_size`` x ``image_size``.
-
-    What ``clip.load`` returns as its second value, ``_transform(model.visual.input_resolution)``.
-    """
-    return Preprocess(image_size)
 
 
 # --------------------------------------------------------------------------------------------------

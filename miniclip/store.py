@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import Locked
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; such runs are not locked against each other (README Limitations)
@@ -86,14 +88,6 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
     return buffer.getvalue()
-
-
-class Locked(Exception):
-    """Another process holds the lock; `holder` is its process id as it wrote it (may be empty)."""
-
-    def __init__(self, path: Path, holder: str):
-        super().__init__(f"{path} is locked by process {holder or '(unknown)'}")
-        self.path, self.holder = path, holder
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ import functools
 import gzip
 import html
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -131,10 +132,13 @@ def bytes_to_unicode() -> dict[int, str]:
 
 @functools.lru_cache(maxsize=1)
 def _ftfy_fix_text() -> Callable[[str], str] | None:
-    """``ftfy.fix_text`` if ftfy is installed, else None (looked up once, on first use)."""
+    """``ftfy.fix_text``, looked up once, on first use. ftfy is a dependency; where it is missing anyway (an
+    install without dependencies), say once that the ids may differ from the references' and go on."""
     try:
         import ftfy
     except ImportError:
+        warnings.warn("ftfy is not installed: texts with curly quotes, ligatures, fullwidth letters or mojibake "
+                      "tokenize differently from openai/CLIP and open_clip (pip install ftfy)", stacklevel=3)
         return None
     return ftfy.fix_text
 
@@ -146,9 +150,9 @@ def clean_text(text: str) -> str:
     references:
 
     - ``ftfy.fix_text`` repairs mojibake ("doesnÃ¢â‚¬â„¢t" -> "doesn't"), fullwidth letters,
-      ligatures, terminal escapes, lone surrogates and more. ftfy is an optional dependency here
-      (``pip install miniclip[ftfy]``); without it this step is skipped, which changes the ids only
-      for texts that ftfy would have changed.
+      ligatures, terminal escapes, lone surrogates and more. Without ftfy (a dependency, but an install
+      without dependencies lacks it) this step is skipped with a warning: the ids then differ for
+      every text that ftfy would have changed, e.g. "don’t" or "ﬁne".
     - ``html.unescape`` twice, so double-escaped entities such as ``&amp;amp;`` become ``&``
       (CLIP's training captions were scraped from the web).
     - ``" ".join(text.split())`` turns every run of Unicode whitespace (tabs, newlines, NBSP, ...)

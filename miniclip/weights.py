@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ACTIVATIONS, CLIPConfig
+from .config import ACTIVATIONS, HEAD_WIDTH, CLIPConfig
 from .errors import WeightsError
 from .safetensors_file import INDEX_SUFFIX, read_checkpoint, release
-
-HEAD_WIDTH = 64  # every published CLIP ViT-B/L and text tower uses 64-wide heads (ViT-H/g: see config files)
 
 # ---------------------------------------------------------------------------------------------------
 # The internal representation
@@ -83,7 +81,7 @@ def check_shapes(params: dict[str, np.ndarray], cfg: CLIPConfig, source: str) ->
 
 
 def infer_config(params: dict[str, np.ndarray], activation: str) -> CLIPConfig:
-    """Architecture from tensor shapes alone (the way openai/CLIP's `build_model` does it), heads = width/64."""
+    """Architecture from tensor shapes alone (as openai/CLIP's `build_model` does), heads = width / HEAD_WIDTH."""
     def layers(prefix: str) -> int:
         pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
         found = {int(m.group(1)) for name in params if (m := pattern.match(name))}

@@ -30,6 +30,7 @@ from miniclip.config import ARCHITECTURES
 from miniclip.errors import DownloadError, WeightsError
 from miniclip.hub import download as hub
 from miniclip.hub import registry
+from miniclip.terminal import Progress
 from miniclip.weights import expected_shapes
 
 OC_REPO, HF_REPO = "tests/odd-oc", "tests/odd-hf"
@@ -432,7 +433,7 @@ def test_progress_bar_on_a_terminal_only(fake, tiny, monkeypatch, capsys):
 def test_progress_line_shows_rate_and_eta():
     now = [100.0]
     out = io.StringIO()
-    bar = hub.Progress("model.safetensors", True, out, clock=lambda: now[0])
+    bar = Progress("model.safetensors", enabled=True, stream=out, clock=lambda: now[0])
     bar.start(0, 100_000_000)
     now[0] += 2.0
     bar.update(25_000_000)

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 import miniclip
-from miniclip.apps.search import BrokenIndexError, build_index, load_index, search
+from miniclip.apps.search import build_index, load_index, search
 from miniclip.cli import main
+from miniclip.errors import BrokenIndexError
 
 COLORS = [(250, 20, 20), (20, 250, 20), (20, 20, 250), (250, 250, 20), (20, 250, 250), (250, 20, 250),
           (128, 128, 128)]
@@ -302,17 +303,21 @@ def test_an_index_inside_the_folder_does_not_index_itself(model, photos):
 def test_progress_bar_draws_on_a_terminal_only():
     import io
 
-    from miniclip.apps.search import _Progress
+    from miniclip.terminal import Progress
 
     stream = io.StringIO()
-    bar = _Progress(4, "indexing", enabled=True, stream=stream)
+    now = [0.0]
+    bar = Progress("indexing", 4, unit="img", enabled=True, stream=stream, clock=lambda: now[0])
+    now[0] += 1.0
     bar.update(1)
+    now[0] += 1.0
     bar.update(3)
-    bar.close()
+    bar.finish()
     text = stream.getvalue()
-    assert "\rindexing [#######.....................] 1/4" in text and "4/4" in text and text.endswith("\n")
+    assert "\rindexing  [#####...............]   25%  1/4  1.0 img/s  ETA 0:03" in text
+    assert "100%  4/4" in text and text.endswith("\n")
     quiet = io.StringIO()  # not a terminal: nothing drawn by default
-    bar = _Progress(4, "indexing", stream=quiet)
+    bar = Progress("indexing", 4, unit="img", stream=quiet)
     bar.update(4)
-    bar.close()
+    bar.finish()
     assert quiet.getvalue() == ""

@@ -238,6 +238,17 @@ def test_without_ftfy_texts_ftfy_leaves_alone_are_unchanged(corpus, ref, monkeyp
     np.testing.assert_array_equal(ours, ref["tokens"][rows])
 
 
+def test_missing_ftfy_is_said_once():
+    code = ("import sys, warnings; sys.modules['ftfy'] = None; import miniclip\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    miniclip.tokenize(['a dog']); miniclip.tokenize(['a cat'])\n"
+            "print(len(w), w[0].message)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("1 ftfy is not installed")
+
+
 def test_special_token_strings_follow_open_clip_spelling():
     ids = tk.tokenize("<start_of_text>a<end_of_text>")[0, :5].tolist()
     assert ids == [49406, 49406, 320, 49407, 49407]

@@ -3,6 +3,8 @@ end to end on seeded weights."""
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +20,8 @@ from miniclip.apps.zeroshot import (
     zero_shot_classifier,
 )
 from miniclip.cli import main
+from miniclip.model import CLIP
+from miniclip.weights import load_weights
 
 CLASSES = ["red", "green", "blue"]
 TEMPLATES = ["a photo of a {} square.", "a {} thing", "{}", "a blurry picture of something {}, with {} in it."]
@@ -170,6 +174,37 @@ def test_fingerprint_follows_the_weights_not_the_file(checkpoint, model):
     other = miniclip.load(checkpoint("odd_hf"))[0]  # same architecture, other seed
     assert model_fingerprint(clip) == model_fingerprint(same) != model_fingerprint(other)
     assert len(model_fingerprint(clip)) == 24
+
+
+def test_fingerprint_is_the_same_on_every_backend(checkpoint, model):
+    """Weights that live on a device (as CuPy arrays do) are fingerprinted through the backend's to_host, so an
+    index built on the CPU is accepted on the GPU. Simulated with arrays that np.asarray refuses."""
+    clip, _ = model
+
+    class DeviceArray:  # like a cupy.ndarray: reshape and indexing work, np.asarray raises
+        def __init__(self, a):
+            self.a, self.shape, self.size = a, a.shape, a.size
+
+        def reshape(self, *shape):
+            return DeviceArray(self.a.reshape(*shape))
+
+        def __getitem__(self, index):
+            return DeviceArray(self.a[index])
+
+        def __array__(self, *args, **kwargs):
+            raise TypeError("implicit conversion to a NumPy array is not allowed")
+
+    class DeviceOps(types.SimpleNamespace):
+        pass
+
+    from miniclip import ops
+
+    device_ops = DeviceOps(**{k: getattr(ops, k) for k in dir(ops) if not k.startswith("_")})
+    device_ops.prepare = lambda params: {k: DeviceArray(np.asarray(v)) for k, v in params.items()}
+    device_ops.to_host = lambda x: x.a if isinstance(x, DeviceArray) else np.asarray(x)
+    params, config = load_weights(checkpoint("odd_oc"))
+    on_device = CLIP(params, config, device_ops)
+    assert model_fingerprint(on_device) == model_fingerprint(clip)
 
 
 def test_cli_cache_is_only_used_with_templates(images, checkpoint, tmp_path):

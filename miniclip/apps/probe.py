@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MiniclipError
+from ..ops import softmax
 
 __all__ = [
     "DEFAULT_C_GRID",
@@ -244,9 +245,7 @@ class LinearProbe:
         return np.asarray(features, dtype=np.float64) @ self.W + self.b
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:  # [n, d] -> [n, K]
-        z = self.logits(features)
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(self.logits(features))
 
     def predict(self, features: np.ndarray) -> np.ndarray:  # [n, d] -> [n] class indices
         return self.logits(features).argmax(axis=1)
@@ -324,7 +323,3 @@ def select_C(features: np.ndarray, labels: np.ndarray, grid: Sequence[float] = D
     best = max(scores.values())
     return min(C for C, s in scores.items() if s == best), scores
 
-
-# --------------------------------------------------------------------------------------------------
-# Command line: miniclip probe DIR
-# --------------------------------------------------------------------------------------------------

@@ -41,7 +41,6 @@ import io
 import json
 import os
 import sys
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,10 +49,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import ImageError, MiniclipError
+from ..errors import BrokenIndexError, ImageError, Locked, MiniclipError
 from ..model import normalize
 from ..preprocess import load_image
-from ..store import Locked, atomic_write_bytes, file_lock
+from ..store import atomic_write_bytes, file_lock, npy_bytes
+from ..terminal import Progress
 from ..tokenizer import tokenize
 from .zeroshot import model_fingerprint
 
@@ -80,10 +80,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", 
 MANIFEST = "manifest.json"
 FORMAT = "miniclip-index"
 VERSION = 1
-
-
-class BrokenIndexError(MiniclipError):
-    """An index directory that is missing, half-written or inconsistent: never read as if it were fine."""
 
 
 @dataclass(frozen=True)
@@ -190,48 +186,15 @@ def iter_image_embeddings(model, preprocess, root: Path, entries: Sequence[Entry
         yield ok, features.astype(np.float32, copy=False), bad
 
 
-class _Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
-
-    def __init__(self, total: int, label: str, enabled: bool | None = None, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = (self.stream.isatty() if enabled is None else enabled) and total > 0
-        self.total, self.label, self.done, self.start = total, label, 0, time.monotonic()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        width = 28
-        filled = int(width * self.done / self.total)
-        elapsed = time.monotonic() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
-                          f"  {rate:.1f} img/s  ETA {int(eta) // 60}:{int(eta) % 60:02d} ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 # --------------------------------------------------------------------------------------------------
 # Reading and writing the index directory
 # --------------------------------------------------------------------------------------------------
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-    return buffer.getvalue()
-
-
 def _write_rows(directory: Path, prefix: str, rows: np.ndarray) -> dict:
     """Write rows to ``<prefix>-<content hash>.npy``; returns the manifest's record of that file. The name
     depends on the content, so a file a manifest points to is never overwritten by different rows."""
-    data = _npy_bytes(rows)
+    data = npy_bytes(rows)
     digest = hashlib.sha256(data).hexdigest()
     name = f"{prefix}-{digest[:16]}.npy"
     atomic_write_bytes(directory / name, data)
@@ -415,7 +378,7 @@ def _build_index(model, preprocess, root: Path, out: Path, *, batch_size: int, c
         _write_manifest(out, root=root, model=fingerprint, embed_dim=embed_dim, entries=saved, shards=shards,
                         complete=False, skipped=report.skipped, weights=weights)
 
-    bar = _Progress(len(todo), "indexing", progress)
+    bar = Progress("indexing", len(todo), unit="img", enabled=progress)
     batches = 0
     try:
         for ok, features, bad in iter_image_embeddings(model, preprocess, root, todo, batch_size):
@@ -432,14 +395,14 @@ def _build_index(model, preprocess, root: Path, out: Path, *, batch_size: int, c
             if batches % checkpoint_every == 0 and report.embedded:
                 checkpoint()
     except BaseException:
-        bar.close()
+        bar.finish()
         if report.embedded:  # save what this run computed, then let the interruption go on
             try:
                 checkpoint()
             except Exception as save_error:  # never hide the original problem behind this one
                 print(f"miniclip: warning: could not save progress: {save_error}", file=sys.stderr)
         raise
-    bar.close()
+    bar.finish()
 
     final = [e for e in entries if e in rows]  # sorted by path, like a clean build
     if old is not None and old.complete and old.root == root and report.embedded == 0 and report.removed == 0:

@@ -37,8 +37,10 @@ from ..config import ARCHITECTURES
 from ..errors import MiniclipError
 from ..hub.download import resolve_source
 from ..model import CLIP
-from ..preprocess import load_image, make_preprocess
+from ..ops import softmax
+from ..preprocess import load_image, preprocess
 from ..safetensors_file import tensor_names
+from ..terminal import text_table
 from ..tokenizer import tokenize
 from ..weights import detect_layout, find_weights_file
 
@@ -68,11 +70,6 @@ class Comparison:
     logits: float | None  # worst |a - b|
     probs: float | None
     ok: bool
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -213,8 +210,7 @@ def verify(source: str | os.PathLike, images: list[str] | None = None, texts: li
     if fixture is not None and "pixels" in fixture:
         pixels = fixture["pixels"].astype(np.float32)
     else:
-        preprocess = make_preprocess(config.image_size)
-        pixels = np.stack([preprocess(load_image(p)) for p in (images or [CLIP_PNG])])
+        pixels = np.stack([preprocess(load_image(p), config.image_size) for p in (images or [CLIP_PNG])])
     if fixture is not None and "tokens" in fixture:
         tokens = fixture["tokens"].astype(np.int64)
     else:
@@ -266,9 +262,7 @@ def _print(out: IO[str], weights_file: Path, n_images: int, n_texts: int, result
         rows = [["reference", "backend", "image emb (rel)", "text emb (rel)", "logits (abs)", "probs (abs)", ""]]
         rows += [[r.reference, r.backend, fmt(r.image_features), fmt(r.text_features), fmt(r.logits),
                   fmt(r.probs), "ok" if r.ok else "FAIL"] for r in results]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+        print(text_table(rows, rule=False), file=out)
         print(f"tolerances: embeddings {FEATURE_RTOL:g} of their norm, logits {LOGIT_ATOL:g}, "
               f"probabilities {PROB_ATOL:g}", file=out)
     for note in notes:

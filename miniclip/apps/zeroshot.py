@@ -33,7 +33,6 @@ import functools
 import hashlib
 import json
 import os
-import secrets
 import sys
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -43,13 +42,12 @@ import numpy as np
 
 from ..errors import MiniclipError
 from ..model import normalize
-from ..store import cache_dir
+from ..ops import softmax
+from ..store import atomic_write_bytes, cache_dir, npy_bytes
 from ..tokenizer import tokenize
 
 __all__ = [
     "SIMPLE_TEMPLATES",
-    "atomic_write_bytes",
-    "cache_dir",
     "classify",
     "encode_texts",
     "imagenet_classes",
@@ -200,15 +198,10 @@ def zero_shot_classifier(model, classnames: Sequence[str], templates: Sequence[s
 
     if path is not None:
         try:
-            atomic_write_bytes(path, _npy_bytes(weights))
+            atomic_write_bytes(path, npy_bytes(weights))
         except OSError as e:  # a read-only home must not break classification
             print(f"miniclip: warning: could not cache the zero-shot weights in {path}: {e}", file=sys.stderr)
     return weights
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def classify(model, images: np.ndarray, classifier: np.ndarray, batch_size: int = 16) -> np.ndarray:  # [B, C]
@@ -253,12 +246,14 @@ def model_fingerprint(model) -> str:
     h = hashlib.sha256(json.dumps(_config_dict(model.config), sort_keys=True).encode())
     try:
         leaves = list(_leaves(model.params))
+        # Hash the weights as NumPy sees them: a GPU backend's arrays are brought back first, so the same
+        # weights fingerprint the same on every backend (an index built with numpy is searched with cupy).
+        to_host = getattr(getattr(model, "ops", None), "to_host", np.asarray)
         for name, value in leaves:
-            a = np.asarray(value)
-            flat = a.reshape(-1)
+            flat = value.reshape(-1)
             picks = np.linspace(0, max(flat.size - 1, 0), num=min(flat.size, 64)).astype(np.int64)
-            h.update(f"{name}:{a.shape}:".encode())
-            h.update(np.ascontiguousarray(flat[picks], dtype="<f4").tobytes())
+            h.update(f"{name}:{tuple(value.shape)}:".encode())
+            h.update(np.ascontiguousarray(to_host(flat[picks]), dtype="<f4").tobytes())
         if not leaves:
             raise TypeError("no parameters")
     except (AttributeError, TypeError, ValueError):
@@ -281,37 +276,6 @@ def _config_dict(config) -> dict:
     if hasattr(config, "to_dict"):
         return config.to_dict()
     return dict(vars(config))
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one, never a
-    partial write: write a temporary file in the same directory, fsync it, then ``os.replace`` it (an atomic
-    rename on POSIX and Windows)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name opened with "x" (exclusive create): unlike tempfile.mkstemp's private 0600 files, the
-    # result gets the permissions the user's umask gives any new file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _read_cached(path: Path, shape: tuple[int, int]) -> np.ndarray | None:

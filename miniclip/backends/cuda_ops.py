@@ -40,14 +40,9 @@ import numpy as np
 from numba import cuda
 
 from .. import ops
-from ..errors import MiniclipError
+from ..errors import CudaUnavailableError
 
 name = "cupy"
-
-
-class CudaUnavailableError(MiniclipError, ImportError):
-    """backend="cupy" asked for where it cannot run: CuPy missing, no usable GPU or driver, or no CUDA
-    compiler (NVVM) for the Numba kernels. An ImportError too, so backend="auto" passes over it."""
 
 
 def tf32_requested(environ: Mapping[str, str]) -> bool:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
 
 from ..apps.zeroshot import imagenet_classes, load_templates, softmax, zero_shot_classifier
 from ..errors import MiniclipError
 from ..model import normalize
+from ..terminal import Progress, display_width, ljust
 from ..tokenizer import tokenize
 from .common import add_model_options, encode_image_files, load_model
-
-
-def _prompt_progress(done: int, total: int) -> None:
-    print(f"\rencoded {done}/{total} prompts", end="\n" if done == total else "", file=sys.stderr)
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
@@ -30,17 +26,19 @@ def cmd_classify(args: argparse.Namespace) -> None:
     # Prompt ensembling (CLIP paper section 3.1.4): every label in every template, averaged per label. Only
     # then is the [E, C] matrix worth caching; verbatim labels are a handful of prompts.
     n_prompts = len(labels) * (len(templates) if templates else 1)
-    show = sys.stderr.isatty() and n_prompts > 256
-    text_features = zero_shot_classifier(model, labels, templates, cache=bool(templates or args.imagenet)
-                                         and not args.no_cache, progress=_prompt_progress if show else None)
+    bar = Progress("encoding prompts", n_prompts, unit="prompts", enabled=None if n_prompts > 256 else False)
+    cache = bool(templates or args.imagenet) and not args.no_cache
+    text_features = zero_shot_classifier(model, labels, templates, cache=cache,
+                                         progress=lambda done, total: bar.update(done - bar.done))
+    bar.finish()
     image_features = normalize(encode_image_files(model, preprocess, args.images, args.batch_size))
     probs = softmax(np.exp(model.logit_scale) * image_features @ text_features)  # [N_images, N_labels]
     top = (5 if args.imagenet else len(labels)) if args.top is None else max(1, args.top)
-    width = max(len(labels[i]) for p in probs for i in np.argsort(-p, kind="stable")[:top])
+    width = max(display_width(labels[i]) for p in probs for i in np.argsort(-p, kind="stable")[:top])
     for path, p in zip(args.images, probs, strict=True):
         print(path)
         for i in np.argsort(-p, kind="stable")[:top]:
-            print(f"  {labels[i]:<{width}}  {p[i]:8.4%}")
+            print(f"  {ljust(labels[i], width)}  {p[i]:8.4%}")
 
 
 def cmd_embed(args: argparse.Namespace) -> None:

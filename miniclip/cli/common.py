@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +13,7 @@ from ..backends import BACKENDS
 from ..errors import MiniclipError
 from ..model import CLIP
 from ..preprocess import load_image
+from ..terminal import Progress
 
 WEIGHTS_ENV = "MINICLIP_WEIGHTS"
 
@@ -39,13 +39,11 @@ def encode_image_files(model: CLIP, preprocess, paths: Sequence[str], batch_size
     if batch_size < 1:
         raise MiniclipError(f"--batch-size must be at least 1, got {batch_size}")
     features = []
-    show_progress = len(paths) > batch_size and sys.stderr.isatty()
+    bar = Progress("embedding", len(paths), unit="img", enabled=None if len(paths) > batch_size else False)
     for start in range(0, len(paths), batch_size):
         batch = paths[start:start + batch_size]
         pixels = np.stack([preprocess(load_image(p)) for p in batch])  # [b, 3, S, S]
         features.append(model.encode_image(pixels))
-        if show_progress:
-            print(f"\rembedded {start + len(batch)}/{len(paths)} images", end="", file=sys.stderr)
-    if show_progress:
-        print(file=sys.stderr)
+        bar.update(len(batch))
+    bar.finish()
     return np.concatenate(features)

@@ -11,9 +11,10 @@ from ..backends import BACKENDS
 from ..errors import MiniclipError, WeightsError
 from ..hub.convert import DTYPES, convert
 from ..hub.download import DEFAULT_RETRIES, DEFAULT_TIMEOUT, download, is_downloaded, resolve_source
-from ..hub.registry import format_size, format_table, models
+from ..hub.registry import format_table, models
 from ..safetensors_file import checkpoint_files
 from ..store import weights_dir
+from ..terminal import format_size
 from ..weights import find_weights_file
 from .common import WEIGHTS_ENV
 

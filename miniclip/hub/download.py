@@ -47,7 +47,8 @@ from typing import IO
 
 from ..errors import DownloadError, WeightsError
 from ..store import HOME_ENV, file_lock, weights_dir
-from .registry import LAYOUTS, ModelInfo, format_size, lookup
+from ..terminal import Progress, format_size
+from .registry import LAYOUTS, ModelInfo, lookup
 
 ENDPOINT_ENV = "HF_ENDPOINT"
 TOKEN_ENV = "HF_TOKEN"
@@ -249,66 +250,6 @@ def _get(url: str, headers: dict[str, str], timeout: float):
 # Progress
 
 
-class Progress:
-    """`name  [#####.....]  45%  271 MB / 605 MB  35 MB/s  ETA 0:09` on one line, redrawn at most ten times
-    a second; nothing at all when disabled (not a terminal, or --quiet)."""
-
-    def __init__(self, label: str, enabled: bool, stream: IO[str], clock=time.monotonic):
-        self.label, self.enabled, self.stream, self.clock = label, enabled, stream, clock
-        self.done = self.first = 0
-        self.total: int | None = None
-        self.t0 = self.last = 0.0
-        self.width = 0
-
-    def start(self, done: int, total: int | None) -> None:
-        self.done = self.first = done
-        self.total = total
-        self.t0 = self.last = self.clock()
-        self._draw()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.clock() - self.last >= 0.1:
-            self._draw()
-
-    def finish(self, note: str) -> None:
-        if self.enabled:
-            self._draw(note)
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def _draw(self, note: str = "") -> None:
-        if not self.enabled:
-            return
-        self.last = now = self.clock()
-        rate = (self.done - self.first) / max(now - self.t0, 1e-6)
-        parts = [self.label]
-        if self.total:
-            frac = min(self.done / self.total, 1.0)
-            parts += ["[" + "#" * round(20 * frac) + "." * (20 - round(20 * frac)) + "]", f"{100 * frac:3.0f}%",
-                      f"{format_size(self.done)} / {format_size(self.total)}"]
-        else:
-            parts.append(format_size(self.done))
-        if now - self.t0 > 0 and self.done > self.first:
-            parts.append(f"{format_size(rate)}/s")
-            if self.total and rate > 0 and not note:
-                eta = round((self.total - self.done) / rate)
-                parts.append(f"ETA {eta // 60}:{eta % 60:02d}")
-        if note:
-            parts.append(note)
-        line = "  ".join(parts)
-        self.stream.write("\r" + line.ljust(self.width))  # pad: a shorter line must cover the last one
-        self.stream.flush()
-        self.width = len(line)
-
-
-def _progress_enabled(progress: bool | None, stream: IO[str]) -> bool:
-    if progress is not None:
-        return progress
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
 # ---------------------------------------------------------------------------------------------------
 # One file
 
@@ -436,7 +377,7 @@ def _download_locked(repo: str, filename: str, dest: Path, *, sha256: str | None
                      endpoint: str | None, token: str | None, progress: bool | None, timeout: float, retries: int,
                      retry_wait: float, stream: IO[str]) -> Path:
     part = dest.with_name(dest.name + ".part")
-    bar = Progress(f"{repo}/{filename}", _progress_enabled(progress, stream), stream)
+    bar = Progress(f"{repo}/{filename}", enabled=progress, stream=stream)
     retries = max(0, retries)
     for attempt in range(retries + 1):
         try:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..config import ACTIVATIONS
 from ..errors import MiniclipError
+from ..terminal import format_size, text_table
 
 REGISTRY_FILE = Path(__file__).resolve().parent / "models.json"
 LAYOUTS = {"open_clip": ("open_clip_model.safetensors", "open_clip_config.json"),
@@ -116,17 +117,6 @@ def lookup(name: str) -> ModelInfo | None:
     return None
 
 
-def format_size(n: float) -> str:
-    """Bytes in decimal units, as the hub shows them ("605 MB", "1.71 GB")."""
-    if n >= 1e9:
-        return f"{n / 1e9:.2f} GB"
-    if n >= 1e6:
-        return f"{n / 1e6:.0f} MB"
-    if n >= 1e3:
-        return f"{n / 1e3:.0f} kB"
-    return f"{n:.0f} B"
-
-
 def format_table(downloaded: Mapping[str, bool] | None = None) -> str:
     """The registry as a plain-text table; `downloaded` adds a column saying which are on disk."""
     header = ["name", "layout", "hub repo", "size", "ImageNet", "licence"]
@@ -139,7 +129,4 @@ def format_table(downloaded: Mapping[str, bool] | None = None) -> str:
             rows[-1].append("yes" if downloaded.get(info.name) else "")
     if downloaded is not None:
         header.append("on disk")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table([header, *rows])
