@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import math
 import os
 import shutil
 import socket
 import sys
 import time
+import urllib.error
 from collections import namedtuple
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from miniclip.config import ARCHITECTURES
 from miniclip.errors import DownloadError, WeightsError
 from miniclip.hub import download as hub
 from miniclip.hub import registry
-from miniclip.weights import expected_shapes
+from miniclip.weights import LAYOUT_FILES, expected_shapes, find_weights_file
 
 OC_REPO, HF_REPO = "tests/odd-oc", "tests/odd-hf"
 WEIGHTS, CONFIG = "open_clip_model.safetensors", "open_clip_config.json"
@@ -46,8 +48,9 @@ def fake(tmp_path, monkeypatch, checkpoint):
     """A fake hub serving the odd-sized checkpoints in both layouts, with $HF_ENDPOINT pointing at it and
     $MINICLIP_HOME at an empty folder; stopped when the test ends."""
     monkeypatch.setenv("MINICLIP_HOME", str(tmp_path / "home"))
-    for var in ("HF_TOKEN", "HF_HUB_OFFLINE"):
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no token file from this machine's login
     with FakeHub() as server:
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         server.add_checkpoint(OC_REPO, checkpoint("odd_oc"))
@@ -55,11 +58,13 @@ def fake(tmp_path, monkeypatch, checkpoint):
         yield server
 
 
-def make_info(name: str = "Tiny-Test", repo: str = OC_REPO, activation: str = "gelu",
-              sha256: dict | None = None) -> registry.ModelInfo:
-    return registry.ModelInfo(name=name, repo=repo, layout="open_clip", weights_file=WEIGHTS, config_file=CONFIG,
-                              activation=activation, image_size=80, size_bytes=17_000_000, size_exact=False,
-                              license="MIT", imagenet_top1=None, sha256=sha256 or {WEIGHTS: None, CONFIG: None})
+def make_info(name: str = "Tiny-Test", repo: str = OC_REPO, activation: str = "gelu", sha256: dict | None = None,
+              layout: str = "open_clip", revision: str = "main", size: int | None = None) -> registry.ModelInfo:
+    (weights, *_), config = LAYOUT_FILES[layout]
+    return registry.ModelInfo(name=name, repo=repo, layout=layout, weights_file=weights, config_file=config,
+                              activation=activation, image_size=80, size_bytes=size or 17_000_000,
+                              size_exact=size is not None, license="MIT", imagenet_top1=None,
+                              sha256=sha256 or {weights: None, config: None}, revision=revision)
 
 
 @pytest.fixture
@@ -108,9 +113,14 @@ def test_registry_lists_the_published_models():
         assert (info.repo, info.layout, info.activation, info.image_size) == (repo, layout, activation, image_size)
         assert info.files == FILES[layout] and set(info.sha256) == set(info.files)
         assert info.license == "MIT"
-        # float32 tensor data: 4 bytes per parameter of the architecture
+        # float32 tensor data: 4 bytes per parameter of the architecture, plus a header of some tens of kB
+        # when the size is the file's exact one
         arch = ARCHITECTURES[name.removesuffix("-hf").removesuffix("-laion2b_s34b_b79k")]
-        assert info.size_bytes == 4 * sum(math.prod(s) for s in expected_shapes(arch).values())
+        data_bytes = 4 * sum(math.prod(s) for s in expected_shapes(arch).values())
+        if info.size_exact:
+            assert 0 < info.size_bytes - data_bytes < 100_000, name
+        else:
+            assert info.size_bytes == data_bytes, name
     top1 = {n: registry.lookup(n).imagenet_top1 for n in REQUIRED}
     assert [round(top1[n], 1) for n in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336")] == [63.3, 68.3, 75.5, 76.6]
     assert round(top1["ViT-B-32-laion2b_s34b_b79k"], 1) == 66.6
@@ -183,10 +193,10 @@ def test_load_by_name_downloads_then_uses_the_cache(fake, tiny, tmp_path, checkp
 
 
 def test_load_repo_id_detects_the_layout(fake, tmp_path):
-    model, _ = miniclip.load(HF_REPO)  # not in the registry: open_clip file tried first, then transformers
+    model, _ = miniclip.load(HF_REPO)  # not in the registry: open_clip files tried first, then transformers
     assert model.config == ARCHS["odd_hf"].config
     heads = [r.path.rsplit("/", 1)[1] for r in fake.requests if r.server == "hub" and r.method == "HEAD"]
-    assert heads[:2] == [WEIGHTS, "model.safetensors"]
+    assert heads[:3] == [WEIGHTS, "open_clip_pytorch_model.safetensors", "model.safetensors"]
     assert sorted(p.name for p in model_dir(tmp_path, HF_REPO).iterdir()) == ["config.json", "model.safetensors"]
 
     model, _ = miniclip.load(OC_REPO)
@@ -284,19 +294,45 @@ def test_registry_checksum_is_checked_too(fake, monkeypatch, tmp_path):
     assert hub.download(right.name, progress=False).is_file()
 
 
-def test_activation_disagreeing_with_the_registry_is_refused(fake, monkeypatch):
-    info = make_info("Says-QuickGELU", activation="quick_gelu")  # the served config says gelu
+def test_activation_disagreeing_with_the_registry_is_refused(fake, monkeypatch, checkpoint):
+    config = json.loads(fake.files[OC_REPO, CONFIG])
+    assert "quick_gelu" not in config["model_cfg"]  # silent: GELU to open_clip, but no contradiction
+    config["model_cfg"]["quick_gelu"] = False  # now it states GELU
+    fake.add_file("tests/says-gelu", WEIGHTS, fake.files[OC_REPO, WEIGHTS])
+    fake.add_file("tests/says-gelu", CONFIG, json.dumps(config).encode())
+    info = make_info("Says-GELU", repo="tests/says-gelu", activation="quick_gelu")
     monkeypatch.setitem(registry.models(), info.name, info)
-    with pytest.raises(WeightsError, match='trained with .quick_gelu.*"quick_gelu": true'):
+    with pytest.raises(WeightsError, match='gives activation .gelu., but Says-GELU was trained with .quick_gelu.*'
+                                           '"quick_gelu": true'):
         miniclip.load(info.name)
+
+
+def test_registry_activation_is_used_where_the_config_is_silent(fake, monkeypatch, tmp_path, checkpoint):
+    info = make_info("Silent-QuickGELU", activation="quick_gelu")  # the served config does not mention quick_gelu
+    monkeypatch.setitem(registry.models(), info.name, info)
+    model, _ = miniclip.load(info.name)
+    assert model.config.activation == "quick_gelu"
+    by_path, _ = miniclip.load(model_dir(tmp_path))  # the same files by path: open_clip's default, GELU
+    assert by_path.config.activation == "gelu" and by_path.config == ARCHS["odd_oc"].config
+    tokens = miniclip.tokenize(["a dog"], context_length=model.config.context_length)
+    assert not np.allclose(model.encode_text(tokens), by_path.encode_text(tokens))  # it really changes the model
+    assert miniclip.load(info.name, activation="quick_gelu")[0].config == model.config
+    with pytest.raises(WeightsError, match="activation='gelu' was asked for, but Silent-QuickGELU was trained with"):
+        miniclip.load(info.name, activation="gelu")
+    # a caller's activation fills in a silent config for any file, and contradicts only a config that states one
+    assert miniclip.load(model_dir(tmp_path), activation="quick_gelu")[0].config.activation == "quick_gelu"
+    with pytest.raises(WeightsError, match="activation='gelu' was asked for, but .* says 'quick_gelu'"):
+        miniclip.load(checkpoint("odd_hf"), activation="gelu")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Errors
 
 
-def test_unknown_repo_and_file(fake, tiny):
-    with pytest.raises(DownloadError, match="no repository tests/nope .*HTTP 404"):
+def test_unknown_repo_and_file(fake, tiny, tmp_path):
+    # the hub answers 401 RepoNotFound for a repo it does not have (or will not show without a token)
+    with pytest.raises(DownloadError, match="no repository tests/nope on the hub, or it is private .HTTP 401.*"
+                                            "If it is private: set \\$HF_TOKEN"):
         hub.download("tests/nope", progress=False)
     with pytest.raises(DownloadError, match="tests/nope: no such file or directory; as a hub repo id: no repo"):
         miniclip.load("tests/nope")
@@ -309,8 +345,10 @@ def test_unknown_repo_and_file(fake, tiny):
 
 def test_repo_without_safetensors(fake):
     fake.add_file("tests/pickles", "pytorch_model.bin", b"not for us")
-    with pytest.raises(DownloadError, match="neither open_clip_model.safetensors nor model.safetensors"):
+    with pytest.raises(DownloadError, match="has none of open_clip_model.safetensors, "
+                                            "open_clip_pytorch_model.safetensors, model.safetensors"):
         hub.download("tests/pickles", progress=False)
+    assert all(not r.path.endswith(".bin") for r in fake.requests)  # never a pickle
 
 
 def test_token_for_private_and_gated_repos(fake, tiny, monkeypatch):
