@@ -59,6 +59,7 @@ class FakeHub:
     token: str | None = None  # if set, the hub answers 401 unless `Authorization: Bearer <token>`
     moved: dict[str, str] = field(default_factory=dict)  # old repo id -> new repo id
     no_etag: bool = False  # omit the SHA-256 headers (a mirror that does not send them)
+    no_size: bool = False  # omit X-Linked-Size on LFS redirects
     ignore_range: bool = False  # the CDN answers 200 with the whole file even when asked for a range
     hop_via_hub: bool = False  # LFS redirects go to the hub's own /hop/... first, which redirects to the CDN
     redirect: dict[tuple[str, str], str] = field(default_factory=dict)  # (repo, file) -> the hub's Location
@@ -188,7 +189,9 @@ def _make_handler(hub: FakeHub, role: str):
                 where = f"{hub.endpoint}/hop" if hub.hop_via_hub else hub.cdn
                 query = "" if revision == "main" else f"revision={urllib.parse.quote(revision, safe='')}&"
                 location = hub.redirect.get((repo, name), f"{where}/files/{repo}/{name}?{query}signature=fake")
-                headers = {"Location": location, "X-Linked-Size": str(len(data))} | commit
+                headers = {"Location": location} | commit
+                if not hub.no_size:
+                    headers["X-Linked-Size"] = str(len(data))
                 if not hub.no_etag:
                     headers |= {"X-Linked-Etag": f'"{sha}"', "ETag": f'"{sha}"'}
                 return self._reply(302, headers, body=body)

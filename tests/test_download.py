@@ -496,3 +496,250 @@ def test_convert_by_name_downloads_first(fake, tiny, tmp_path, capsys):
     assert (tmp_path / "half" / WEIGHTS).stat().st_size < 0.501 * len(fake.files[OC_REPO, WEIGHTS])
     assert (tmp_path / "half" / CONFIG).read_bytes() == fake.files[OC_REPO, CONFIG]
     assert (model_dir(tmp_path) / WEIGHTS).is_file()  # the source was downloaded to the cache first
+
+
+# ---------------------------------------------------------------------------------------------------
+# The registry as the hub has it: revisions, pins, missing files (issue 12)
+
+
+def test_transformers_entries_fetch_the_pull_request_that_has_safetensors():
+    """openai/clip-vit-base-patch32, -base-patch16, -large-patch14-336 have no model.safetensors on main; the
+    hub's conversion pull requests do. The values below are the public records quoted in issue 12."""
+    pins = {"ViT-B-32-hf": ("refs/pr/15", None), "ViT-B-16-hf": ("refs/pr/10", "846bf12e"),
+            "ViT-L-14-336-hf": ("refs/pr/8", "f51cb7b0"), "ViT-L-14-hf": ("main", "a2bf730a"),
+            "ViT-B-32": ("main", "e6d1bd77"), "ViT-L-14-336": ("main", None)}
+    for name, (revision, sha_prefix) in pins.items():
+        info = registry.lookup(name)
+        assert info.revision == revision, name
+        digest = info.sha256[info.weights_file]
+        assert (digest or "")[:8] == (sha_prefix or ""), name
+    exact = {"ViT-B-32": 605_143_284, "ViT-B-16": 598_516_980, "ViT-L-14": 1_710_517_724,
+             "ViT-B-32-laion2b_s34b_b79k": 605_143_316}
+    assert {n: i.size_bytes for n, i in registry.models().items() if i.size_exact} == exact
+    assert hub.resolve_url("https://h", "openai/x", "refs/pr/15", "model.safetensors") == \
+        "https://h/openai/x/resolve/refs%2Fpr%2F15/model.safetensors"  # the revision quoted whole, as the hub wants
+
+
+def test_download_from_a_pull_request_revision(fake, monkeypatch, tmp_path, checkpoint):
+    repo = "tests/pr-only"  # like openai/clip-vit-base-patch32: main has no safetensors, refs/pr/15 has
+    fake.add_file(repo, "pytorch_model.bin", b"pickle: never fetched")
+    fake.add_file(repo, "config.json", fake.files[HF_REPO, "config.json"])
+    fake.add_checkpoint(repo, checkpoint("odd_hf"), revision="refs/pr/15")
+    info = make_info("PR-Test-hf", repo=repo, layout="transformers", activation="quick_gelu", revision="refs/pr/15",
+                     size=len(fake.files[HF_REPO, "model.safetensors"]))
+    monkeypatch.setitem(registry.models(), info.name, info)
+    model, _ = miniclip.load(info.name)
+    assert model.config == ARCHS["odd_hf"].config
+    heads = [r.path for r in fake.requests if r.server == "hub" and r.method == "HEAD"]
+    assert heads and all("/resolve/refs%2Fpr%2F15/" in path for path in heads)
+    assert (model_dir(tmp_path, repo) / "model.safetensors").read_bytes() == fake.files[HF_REPO, "model.safetensors"]
+
+    on_main = make_info("Main-Test-hf", repo=repo, layout="transformers", activation="quick_gelu")
+    monkeypatch.setitem(registry.models(), on_main.name, on_main)
+    shutil.rmtree(model_dir(tmp_path, repo))
+    with pytest.raises(DownloadError, match="tests/pr-only has no model.safetensors at revision main, although"):
+        hub.download(on_main.name, progress=False)
+    gone = make_info("Gone-Test-hf", repo=repo, layout="transformers", revision="refs/pr/99")
+    monkeypatch.setitem(registry.models(), gone.name, gone)
+    with pytest.raises(DownloadError, match="at revision refs/pr/99.*has no such revision"):
+        hub.download(gone.name, progress=False)
+    assert not any(r.path.endswith(".bin") for r in fake.requests)
+
+
+def test_registered_file_missing_on_the_hub_names_the_alternative(fake, monkeypatch, tmp_path):
+    oc = make_info("Pair-Test")
+    hf = make_info("Pair-Test-hf", repo=HF_REPO, layout="transformers", activation="quick_gelu")  # odd_hf's
+    for info in (oc, hf):
+        monkeypatch.setitem(registry.models(), info.name, info)
+    del fake.files[OC_REPO, WEIGHTS]  # as the L/14-336 open_clip repo may have only open_clip_pytorch_model.bin
+    fake.add_file(OC_REPO, "open_clip_pytorch_model.bin", b"pickle: never fetched")
+    with pytest.raises(DownloadError) as error:
+        miniclip.load("Pair-Test")
+    message = str(error.value)
+    assert f"{OC_REPO} has no {WEIGHTS} at revision main" in message and "registry lists it for Pair-Test" in message
+    assert "registered as Pair-Test-hf: `miniclip download Pair-Test-hf`" in message and "never" in message
+    assert not any(r.path.endswith(".bin") for r in fake.requests)
+    assert miniclip.load("Pair-Test-hf")[0].config == ARCHS["odd_hf"].config  # the alternative works
+
+
+def test_pinned_size_is_checked_and_bounds_the_download(fake, monkeypatch, tmp_path):
+    size = len(fake.files[OC_REPO, WEIGHTS])
+    wrong = make_info("Size-Wrong", size=size + 1)
+    monkeypatch.setitem(registry.models(), wrong.name, wrong)
+    with pytest.raises(DownloadError, match=f"hub reports {size} bytes, miniclip's registry pins {size + 1}"):
+        hub.download(wrong.name, progress=False)
+    assert fake.gets(WEIGHTS) == []  # refused before downloading anything
+    # a mirror that reports no size and sends an endless body: the registry's size stops it
+    fake.no_size = True
+    fake.misbehave[OC_REPO, WEIGHTS] = Misbehaviour(endless=True)
+    right = make_info("Size-Right", size=size)
+    monkeypatch.setitem(registry.models(), right.name, right)
+    with pytest.raises(DownloadError, match=f"sent more than the {size} bytes announced"):
+        hub.download(right.name, progress=False)
+    assert not (model_dir(tmp_path) / (WEIGHTS + ".part")).exists()
+    assert hub.download(right.name, progress=False).stat().st_size == size  # served properly the next time
+
+
+# ---------------------------------------------------------------------------------------------------
+# The hub's conventions: token, offline mode, X-Repo-Commit, layouts (issue 12)
+
+
+@pytest.mark.parametrize("where", ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HOME", "XDG", "HOME"])
+def test_token_from_the_environment_or_the_token_file(fake, tiny, monkeypatch, tmp_path, where):
+    fake.token = "hf_secret"
+    written = "hf_secret\n"  # what `echo $TOKEN > file` or a copied .env line leaves: a trailing newline
+    if where in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.setenv(where, written)
+    else:
+        monkeypatch.delenv("HF_HOME")
+        folder = {"HF_TOKEN_PATH": tmp_path / "elsewhere", "HF_HOME": tmp_path / "hfhome",
+                  "XDG": tmp_path / "xdg" / "huggingface", "HOME": tmp_path / "user" / ".cache" / "huggingface"}[where]
+        folder.mkdir(parents=True)
+        (folder / ("my-token" if where == "HF_TOKEN_PATH" else "token")).write_text(written)
+        monkeypatch.setenv("HOME", str(tmp_path / "user"))
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        if where == "HF_TOKEN_PATH":
+            monkeypatch.setenv("HF_TOKEN_PATH", str(folder / "my-token"))
+        elif where == "HF_HOME":
+            monkeypatch.setenv("HF_HOME", str(folder))
+        elif where == "XDG":
+            monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.download("Tiny-Test", progress=False).is_file()
+    assert [r for r in fake.requests if r.server == "hub"][-1].headers["Authorization"] == "Bearer hf_secret"
+
+
+def test_a_token_that_cannot_be_one_is_refused_by_name(fake, tiny, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_se cret")
+    with pytest.raises(DownloadError, match="token in \\$HF_TOKEN holds spaces, control or non-ASCII"):
+        hub.download("Tiny-Test", progress=False)
+    monkeypatch.setenv("HF_TOKEN", " \n")  # only whitespace: no token, as the hub's client reads it
+    fake.token = "hf_secret"
+    with pytest.raises(DownloadError, match="HTTP 401.*set \\$HF_TOKEN"):
+        hub.download("Tiny-Test", progress=False)
+
+
+@pytest.mark.parametrize("var", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_download_command_honours_offline_mode(fake, tiny, monkeypatch, capsys, tmp_path, var):
+    monkeypatch.setenv(var, "1")
+    assert main(["download", "Tiny-Test", "--quiet"]) == 1
+    assert "Tiny-Test is not downloaded and downloading is off" in capsys.readouterr().err
+    assert main(["download", HF_REPO, "--quiet"]) == 1
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE is set"):
+        hub.download_file(OC_REPO, WEIGHTS, tmp_path / "direct")
+    assert fake.requests == [] and not (tmp_path / "home").exists()
+    monkeypatch.delenv(var)
+    assert main(["download", "Tiny-Test", "--quiet"]) == 0
+    before = len(fake.requests)
+    monkeypatch.setenv(var, "1")
+    assert main(["download", "Tiny-Test", "--quiet"]) == 0  # on disk: offline is no obstacle
+    assert len(fake.requests) == before
+
+
+def test_an_answer_without_x_repo_commit_is_not_the_hub(fake, tiny, tmp_path):
+    fake.no_commit = True  # e.g. a captive portal answering 200 with its login page
+    with pytest.raises(DownloadError, match="lacks the hub's X-Repo-Commit header.*nothing was saved"):
+        hub.download("Tiny-Test", progress=False)
+    with pytest.raises(DownloadError, match="X-Repo-Commit"):
+        hub.download(HF_REPO, progress=False)
+    assert fake.gets(WEIGHTS) == [] and fake.gets(CONFIG, server="hub") == []
+    assert not (tmp_path / "home").exists() or list((tmp_path / "home").iterdir()) == []
+
+
+def test_failed_downloads_leave_no_empty_folder(fake, monkeypatch, tmp_path):
+    for repo, status in (("tests/gone", None), (OC_REPO, (403, "GatedRepo")), (OC_REPO, (404, "EntryNotFound"))):
+        info = make_info("Fails-Test", repo=repo)
+        monkeypatch.setitem(registry.models(), info.name, info)
+        if status:
+            fake.status[OC_REPO, None] = status
+        with pytest.raises(DownloadError):
+            hub.download(info.name, progress=False)
+        assert not model_dir(tmp_path, repo).exists(), (repo, status)
+    # an interrupted one keeps its folder: the .part file in it resumes
+    fake.status.clear()
+    fake.misbehave[OC_REPO, WEIGHTS] = Misbehaviour(cut_after=1000)
+    with pytest.raises(DownloadError, match="interrupted"):
+        hub.download("Fails-Test", retries=0, progress=False)
+    assert (model_dir(tmp_path) / (WEIGHTS + ".part")).stat().st_size == 1000
+
+
+def test_open_clip_files_under_the_conversion_bots_name(fake, tmp_path, checkpoint):
+    repo, name = "tests/bot-converted", "open_clip_pytorch_model.safetensors"
+    fake.add_file(repo, name, fake.files[OC_REPO, WEIGHTS])
+    fake.add_file(repo, CONFIG, fake.files[OC_REPO, CONFIG])
+    fake.add_file(repo, "open_clip_pytorch_model.bin", b"pickle: never fetched")
+    model, _ = miniclip.load(repo)
+    assert model.config == ARCHS["odd_oc"].config
+    assert sorted(p.name for p in model_dir(tmp_path, repo).iterdir()) == [CONFIG, name]
+    assert find_weights_file(model_dir(tmp_path, repo)).name == name  # a folder holding it loads too
+    assert hub.local_weights(repo) == model_dir(tmp_path, repo) / name
+    with pytest.raises(registry.MiniclipError, match="open_clip layout's files are open_clip_model.safetensors or "
+                                                     "open_clip_pytorch_model.safetensors and open_clip_config.json"):
+        registry._parse("x", {"repo": "a/b", "layout": "open_clip", "weights_file": "model.safetensors",
+                              "config_file": CONFIG, "activation": "gelu", "image_size": 224, "size_bytes": 1,
+                              "size_exact": False, "license": "MIT"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hostile servers (issue 15, items 3 and 7)
+
+
+def test_endless_body_is_cut_off_at_the_announced_size(fake, tiny, tmp_path, monkeypatch):
+    size = len(fake.files[OC_REPO, WEIGHTS])
+    fake.misbehave[OC_REPO, WEIGHTS] = Misbehaviour(endless=True)  # no Content-Length, bytes without end
+    largest = []
+    real_open = hub._open_for_writing
+
+    class Measured:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            largest.append(self.written)
+            return self.f.write(data)
+
+        def close(self):
+            self.f.close()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(hub, "_open_for_writing", lambda path, mode: Measured(real_open(path, mode)))
+    with pytest.raises(DownloadError, match=f"the server sent more than the {size} bytes announced"):
+        hub.download("Tiny-Test", progress=False)
+    assert max(largest) <= size  # not a byte past the size was written
+    assert not (model_dir(tmp_path) / (WEIGHTS + ".part")).exists() and not (model_dir(tmp_path) / WEIGHTS).exists()
+
+
+def test_a_trickling_server_meets_the_deadline(fake, tiny, tmp_path):
+    fake.misbehave[OC_REPO, WEIGHTS] = Misbehaviour(trickle_seconds=0.05)  # never silent for the read timeout
+    with pytest.raises(DownloadError, match="did not finish within its deadline of 1 s.*kept in .*part"):
+        hub.download("Tiny-Test", timeout=5, deadline=1, retries=0, progress=False)
+    assert 0 < (model_dir(tmp_path) / (WEIGHTS + ".part")).stat().st_size < 1000  # kept to resume
+
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "data:,not-a-model", "ftp://127.0.0.1/x"])
+def test_redirects_to_anything_but_http_are_refused(fake, tiny, tmp_path, target):
+    fake.redirect[OC_REPO, WEIGHTS] = target  # the hub's answer
+    with pytest.raises(DownloadError, match="only http\\(s\\) URLs are followed"):
+        hub.download("Tiny-Test", progress=False)
+    fake.redirect.clear()
+    fake.cdn_redirect = target  # the file server's answer
+    with pytest.raises(DownloadError, match="only http\\(s\\) URLs are followed"):
+        hub.download("Tiny-Test", progress=False)
+    assert not (model_dir(tmp_path) / WEIGHTS).exists()
+    assert not (model_dir(tmp_path) / (WEIGHTS + ".part")).exists()
+
+
+def test_the_opener_has_no_handlers_for_local_schemes(tmp_path, monkeypatch):
+    secret = tmp_path / "secret"
+    secret.write_text("local file")
+    for url in (secret.as_uri(), "data:,x", "ftp://127.0.0.1/x"):
+        with pytest.raises(urllib.error.URLError, match="unknown url type"):
+            hub._OPENER.open(url, timeout=1)
+    monkeypatch.setenv("HF_ENDPOINT", tmp_path.as_uri())
+    with pytest.raises(DownloadError, match="reached over http\\(s\\) only"):
+        hub.download("tests/x", progress=False)
