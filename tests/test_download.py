@@ -145,6 +145,7 @@ def test_models_command_prints_the_table(capsys, tmp_path, monkeypatch):
         line = next(row for row in out.splitlines() if row.split()[:1] == [name])
         assert repo in line and layout in line and "MIT" in line
     assert "~605 MB" in out and "~1.71 GB" in out and "63.3%" in out and "66.6%" in out
+    assert "openai/clip-vit-base-patch32@refs/pr/15" in out and " 605 MB " in out  # a revision; an exact size
     assert str(tmp_path) in out
 
 

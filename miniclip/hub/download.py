@@ -502,7 +502,7 @@ def _fetch(remote: RemoteFile, part: Path, token: str | None, timeout: float, pr
         if length is not None and allowed is not None and length > allowed:
             part.unlink(missing_ok=True)
             raise DownloadError(f"{remote.filename} of {remote.repo}: the server announces {offset + length} "
-                                f"bytes, the hub {total}; nothing was kept, run again to retry")
+                                f"bytes where {total} are expected; nothing was kept, run again to retry")
         progress.start(offset, total)
         received = 0
         try:

@@ -142,12 +142,13 @@ def format_size(n: float) -> str:
 
 def format_table(downloaded: Mapping[str, bool] | None = None) -> str:
     """The registry as a plain-text table; `downloaded` adds a column saying which are on disk."""
-    header = ["name", "layout", "hub repo", "size", "ImageNet", "licence"]
+    header = ["name", "layout", "hub repo (@revision)", "size", "ImageNet", "licence"]
     rows = []
     for info in models().values():
         size = ("" if info.size_exact else "~") + format_size(info.size_bytes)
         top1 = "" if info.imagenet_top1 is None else f"{info.imagenet_top1:.1f}%"
-        rows.append([info.name, info.layout, info.repo, size, top1, info.license])
+        repo = info.repo if info.revision == "main" else f"{info.repo}@{info.revision}"
+        rows.append([info.name, info.layout, repo, size, top1, info.license])
         if downloaded is not None:
             rows[-1].append("yes" if downloaded.get(info.name) else "")
     if downloaded is not None:
