@@ -21,6 +21,7 @@ tests can check what was asked, e.g. that a resumed download sent `Range`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 import urllib.parse
@@ -44,7 +45,7 @@ class Misbehaviour:
     stall_seconds: float = 0.0
     corrupt: bool = False  # flip one byte in the middle of what is served
     endless: bool = False  # no Content-Length, and bytes without end (until the client hangs up)
-    trickle_seconds: float | None = None  # no Content-Length; one byte every trickle_seconds, without end
+    trickle_seconds: float | None = None  # no Content-Length; the file one byte every trickle_seconds
     times: int = 1  # how many GETs misbehave before the file is served properly
 
 
@@ -257,17 +258,20 @@ def _make_handler(hub: FakeHub, role: str):
             # returning closes the connection (HTTP/1.0): a cut leaves the client short of Content-Length
 
         def _endless(self, status: int, headers: dict[str, str], payload: bytes, m: Misbehaviour) -> None:
-            """No Content-Length (HTTP/1.0: the body ends when the connection closes), and it never does:
-            the file's bytes, then more, until the client hangs up or the hub stops."""
+            """No Content-Length (HTTP/1.0: the body ends when the connection closes). Endless: the file's
+            bytes, then more, until the client hangs up or the hub stops. Trickle: the file's bytes, one at a
+            time (never silent long enough for a read timeout)."""
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)
             self.end_headers()
             block = (payload or b"x") * (1 + (1 << 16) // max(1, len(payload)))
             try:
-                while not hub._stopping.is_set():
+                for i in itertools.count():
+                    if hub._stopping.is_set() or (m.trickle_seconds is not None and i >= len(payload)):
+                        break
                     if m.trickle_seconds is not None:
-                        self.wfile.write(b"x")
+                        self.wfile.write(payload[i:i + 1])
                         self.wfile.flush()
                         time.sleep(m.trickle_seconds)
                     else:

@@ -715,11 +715,26 @@ def test_endless_body_is_cut_off_at_the_announced_size(fake, tiny, tmp_path, mon
     assert not (model_dir(tmp_path) / (WEIGHTS + ".part")).exists() and not (model_dir(tmp_path) / WEIGHTS).exists()
 
 
-def test_a_trickling_server_meets_the_deadline(fake, tiny, tmp_path):
-    fake.misbehave[OC_REPO, WEIGHTS] = Misbehaviour(trickle_seconds=0.05)  # never silent for the read timeout
+def test_a_trickling_server_meets_the_deadline(fake, tiny, tmp_path, capsys):
+    fake.misbehave[OC_REPO, WEIGHTS] = Misbehaviour(trickle_seconds=0.05, times=2)  # never silent for a timeout
     with pytest.raises(DownloadError, match="did not finish within its deadline of 1 s.*kept in .*part"):
         hub.download("Tiny-Test", timeout=5, deadline=1, retries=0, progress=False)
-    assert 0 < (model_dir(tmp_path) / (WEIGHTS + ".part")).stat().st_size < 1000  # kept to resume
+    kept = (model_dir(tmp_path) / (WEIGHTS + ".part")).stat().st_size
+    assert 0 < kept < 1000  # kept to resume
+    assert main(["download", "Tiny-Test", "--quiet", "--deadline", "0.5", "--timeout", "5"]) == 1
+    assert "deadline of 0.5 s" in capsys.readouterr().err
+    assert fake.gets(WEIGHTS)[-1].headers["Range"] == f"bytes={kept}-"  # the second run resumed
+    assert hub.download("Tiny-Test", progress=False).is_file()  # the server behaves again: done
+
+
+def test_a_symlink_at_the_partial_download_is_not_written_through(fake, tiny, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    model_dir(tmp_path).mkdir(parents=True)
+    (model_dir(tmp_path) / (WEIGHTS + ".part")).symlink_to(victim)
+    with pytest.raises(DownloadError, match="is a symbolic link, not a partial download"):
+        hub.download("Tiny-Test", progress=False)
+    assert victim.read_text() == "precious"
 
 
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "data:,not-a-model", "ftp://127.0.0.1/x"])

@@ -463,6 +463,8 @@ def _fetch(remote: RemoteFile, part: Path, token: str | None, timeout: float, pr
     """Bring `part` up to the whole file, resuming from its current length. Raises _Transient when the
     transfer stops early (what is already in `part` stays for the next attempt), _Deadline at `stop_at`
     (time.monotonic()), DownloadError when the server sends more than it announced."""
+    if part.is_symlink():  # never written through (and _open_for_writing refuses one planted meanwhile)
+        raise DownloadError(f"{part} is a symbolic link, not a partial download: remove it and run again")
     offset = part.stat().st_size if part.exists() else 0
     if remote.size is not None and offset > remote.size:  # left over from another version of the file
         part.unlink()
