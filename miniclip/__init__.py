@@ -26,7 +26,7 @@ from .errors import (
     TokenizerError,
     WeightsError,
 )
-from .hub.download import resolve_source
+from .hub.download import resolve_model
 from .hub.registry import available_models
 from .model import CLIP
 from .preprocess import preprocess as _preprocess
@@ -50,12 +50,14 @@ def load(source: str | os.PathLike, backend: str = "numpy", activation: str | No
     `download=False`, which raises DownloadError saying where to put the files. Local paths win over names.
 
     `activation` ("quick_gelu" for OpenAI weights, "gelu" for LAION-trained ones) is only needed when no
-    config file sits beside the weights; without either, "quick_gelu" is assumed with a warning.
+    config file sits beside the weights (or it does not say); without either, "quick_gelu" is assumed with a
+    warning. For a published model's name, the registry supplies it.
 
     `backend`: "numpy" (the reference), "numba" (fused CPU kernels), "cupy" (NVIDIA GPU) or "auto" (numba
     when available).
     `threads`: threads for the numba kernels (default: NUMBA_NUM_THREADS, i.e. all cores).
     """
     ops = get_backend(backend, threads)
-    params, config = load_weights(resolve_source(source, allow_download=download), activation=activation)
+    path, activation = resolve_model(source, activation, allow_download=download)
+    params, config = load_weights(path, activation=activation)
     return CLIP(params, config, ops), functools.partial(_preprocess, image_size=config.image_size)

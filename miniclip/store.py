@@ -9,7 +9,9 @@ writes.
   lock (only, then, the empty lock file, which the next run reuses). The holder deletes the file when it is
   done; a process that locked a file which was deleted meanwhile notices (another inode at the path) and
   starts over, so two processes never both hold "the" lock.
-- `atomic_write_bytes`: readers see the old file or the complete new one, never a partial write.
+- `atomic_writer` / `atomic_write_bytes`: readers see the old file or the complete new one, never a partial
+  write; the temporary file has a fresh random name, created exclusively, so two writers never share one and
+  a symlink planted in its place is never followed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -60,27 +63,35 @@ def cache_dir() -> Path:
     return _user_cache()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one, never a
-    partial write: write a temporary file in the same directory, fsync it, then ``os.replace`` it (an atomic
-    rename on POSIX and Windows)."""
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """A binary file whose content becomes ``path`` when the ``with`` block ends without error, so that
+    readers see either the old file or the complete new one, never a partial write: a temporary file in the
+    same directory, fsynced, then ``os.replace``d (an atomic rename on POSIX and Windows). On an error the
+    temporary file is deleted and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name opened with "x" (exclusive create): unlike tempfile.mkstemp's private 0600 files, the
-    # result gets the permissions the user's umask gives any new file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # A fresh random name opened with "x" (O_CREAT | O_EXCL): two writers never share a temporary file, and
+    # a symlink planted at the name makes the open fail instead of being followed. Unlike tempfile.mkstemp's
+    # private 0600 files, the result gets the permissions the user's umask gives any new file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    f = open(tmp, "xb")  # noqa: SIM115  (closed below, before the rename)
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
+        with f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # ours: created above
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see `atomic_writer`)."""
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

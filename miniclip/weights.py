@@ -256,6 +256,19 @@ def apply_transformers_config(cfg: CLIPConfig, config: dict, source: str) -> CLI
                  text_heads=int(_get(text, "num_attention_heads", 8)))
 
 
+def stated_activation(config: dict, layout: str) -> str | None:
+    """The activation a config file states, or None when it says nothing about it (open_clip then means GELU
+    and transformers QuickGELU, their defaults; a caller who knows better, e.g. miniclip's registry, may
+    supply it instead without contradicting the file)."""
+    if layout == "open_clip":
+        model = config.get("model_cfg", config)
+        value = model.get("quick_gelu") if isinstance(model, dict) else None
+        return None if value is None else ("quick_gelu" if value else "gelu")
+    sections = (config.get("vision_config"), config.get("text_config"))
+    stated = [s.get("hidden_act") for s in sections if isinstance(s, dict) and s.get("hidden_act") is not None]
+    return stated[0] if stated else None
+
+
 # open_clip settings that change the architecture, with the only value miniclip implements.
 _OPEN_CLIP_FIXED = {
     "vision_cfg": {"ls_init_value": None, "attentional_pool": False, "no_ln_pre": False,
@@ -310,10 +323,15 @@ def _with(cfg: CLIPConfig, source: str, **changes) -> CLIPConfig:
 # Finding the files
 
 
-_FILES = {  # file name -> (layout, config file name); checked in this order when given a directory
-    "model.safetensors": ("transformers", "config.json"),
-    "open_clip_model.safetensors": ("open_clip", "open_clip_config.json"),
+# The file names of the two layouts, as published on the hub: the one place they are spelled (miniclip/hub/ reads
+# them here). layout -> (weights file names, config file name); open_clip first, and its own name first:
+# `open_clip_pytorch_model.safetensors` is the name the hub's safetensors conversion bot gives a copy of
+# open_clip's `open_clip_pytorch_model.bin`.
+LAYOUT_FILES: dict[str, tuple[tuple[str, ...], str]] = {
+    "open_clip": (("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors"), "open_clip_config.json"),
+    "transformers": (("model.safetensors",), "config.json"),
 }
+WEIGHTS_FILES = tuple(name for names, _ in LAYOUT_FILES.values() for name in names)  # checked in this order
 
 
 def find_weights_file(source: str | Path) -> Path:
@@ -321,7 +339,7 @@ def find_weights_file(source: str | Path) -> Path:
     (`model.safetensors.index.json`, its shards beside it), or a directory holding one of these."""
     path = Path(source).expanduser()
     if path.is_dir():
-        for name in [*_FILES, *(f"{name}.index.json" for name in _FILES)]:  # single files first, then indexes
+        for name in [*WEIGHTS_FILES, *(f"{name}.index.json" for name in WEIGHTS_FILES)]:  # files, then indexes
             if (path / name).is_file():
                 return path / name
         found = sorted(path.glob("*.safetensors"))
@@ -331,8 +349,8 @@ def find_weights_file(source: str | Path) -> Path:
         if not found and len(indexes) == 1:
             return indexes[0]
         what = ", ".join(p.name for p in found + indexes) if found or indexes else "no .safetensors file"
-        raise WeightsError(f"{path}: expected model.safetensors (transformers) or open_clip_model.safetensors "
-                           f"(open_clip), or a sharded checkpoint's *{INDEX_SUFFIX}, in this directory; "
+        raise WeightsError(f"{path}: expected {' or '.join(WEIGHTS_FILES)}, or a sharded checkpoint's "
+                           f"*{INDEX_SUFFIX}, in this directory; "
                            f"found {what}")
     if not path.exists():
         raise WeightsError(f"{path}: no such file or directory")
@@ -345,7 +363,8 @@ def find_weights_file(source: str | Path) -> Path:
 def load_weights(source: str | Path, activation: str | None = None) -> tuple[dict[str, np.ndarray], CLIPConfig]:
     """Read `source` (a .safetensors file, a shard index, or a directory holding one), map it to the internal
     representation, and work out its config: shapes first, then the layout's config file if one sits
-    beside the weights. `activation` is needed only when there is no config file."""
+    beside the weights. `activation` is needed only when there is no config file or it does not state one;
+    a config that states another is refused."""
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     path = find_weights_file(source)
@@ -353,7 +372,7 @@ def load_weights(source: str | Path, activation: str | None = None) -> tuple[dic
     layout = detect_layout(tensors, str(path))
     params = (from_transformers if layout == "transformers" else from_open_clip)(tensors, str(path))
     cfg = infer_config(params, activation or "quick_gelu")
-    config_file = path.parent / ("config.json" if layout == "transformers" else "open_clip_config.json")
+    config_file = path.parent / LAYOUT_FILES[layout][1]
     if config_file.is_file():
         try:
             config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -363,9 +382,12 @@ def load_weights(source: str | Path, activation: str | None = None) -> tuple[dic
             raise WeightsError(f"{config_file}: expected a JSON object")
         apply = apply_transformers_config if layout == "transformers" else apply_open_clip_config
         cfg = apply(cfg, config, str(config_file))
-        if activation is not None and activation != cfg.activation:
-            raise WeightsError(f"activation={activation!r} was asked for, but {config_file} says "
-                               f"{cfg.activation!r}; drop the argument to use the config's")
+        if activation is not None:
+            stated = stated_activation(config, layout)
+            if stated is not None and activation != stated:
+                raise WeightsError(f"activation={activation!r} was asked for, but {config_file} says "
+                                   f"{stated!r}; drop the argument to use the config's")
+            cfg = _with(cfg, str(config_file), activation=activation)  # the config is silent, or agrees
     elif activation is None:
         warnings.warn(f"no {config_file.name} beside {path.name}: assuming activation='quick_gelu' (OpenAI "
                       "weights); pass activation='gelu' for LAION/open_clip-trained weights", stacklevel=3)

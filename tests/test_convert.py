@@ -5,7 +5,9 @@ docs/performance.md, "float16/bfloat16 storage", states them)."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -14,10 +16,12 @@ from safetensors.numpy import load_file, save_file
 from seeded import ARCHS, seeded_images
 
 import miniclip
+from miniclip import store
 from miniclip.cli import main
 from miniclip.errors import MiniclipError, WeightsError
 from miniclip.hub.convert import convert, float32_to_bfloat16_bits
 from miniclip.safetensors_file import read_header, read_safetensors
+from miniclip.store import file_lock
 
 FILES = {"open_clip": ("open_clip_model.safetensors", "open_clip_config.json"),
          "transformers": ("model.safetensors", "config.json")}
@@ -158,3 +162,77 @@ def test_transformers_config_records_the_new_dtype(checkpoint, tmp_path):
 def test_refuses_to_overwrite_the_source(checkpoint):
     with pytest.raises(WeightsError, match="the destination is the source"):
         convert(checkpoint("odd_oc"), checkpoint("odd_oc"), "float16")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing safely (issue 15, item 2)
+
+
+def test_an_existing_output_is_replaced_only_when_asked(checkpoint, tmp_path, capsys):
+    src, out = checkpoint("odd_oc"), tmp_path / "out"
+    first = convert(src, out, "float16")
+    before = first.read_bytes()
+    with pytest.raises(WeightsError, match="already exist.*pass --force"):
+        convert(src, out, "bfloat16")
+    assert first.read_bytes() == before  # untouched
+    assert main(["convert", str(src), str(out), "--dtype", "bfloat16"]) == 1
+    assert "already exist" in capsys.readouterr().err
+    assert main(["convert", str(src), str(out), "--dtype", "bfloat16", "--force"]) == 0
+    header, _, _ = read_header(first)
+    assert {info["dtype"] for info in header.values()} == {"BF16"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES["open_clip"])  # no temporary or lock file left
+
+
+def test_a_second_convert_into_the_same_output_is_refused(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with file_lock(out / ".open_clip_model.safetensors.lock", wait=False):  # as a running convert holds it
+        with pytest.raises(MiniclipError, match=r"another convert \(process \d+\) is writing"):
+            convert(checkpoint("odd_oc"), out, "float16")
+    assert list(out.iterdir()) == []
+
+
+def test_concurrent_converts_never_mix_their_bytes(checkpoint, params_cache, tmp_path):
+    """float16 and bfloat16 converts racing into one output (3 times in 12 a BF16 header over float16 bytes
+    before the fix): each either finishes or is refused, and the file left is one of them, whole."""
+    for attempt in range(4):
+        out, results = tmp_path / f"race{attempt}", {}
+
+        def run(dtype, out=out, results=results):
+            try:
+                results[dtype] = convert(checkpoint("odd_oc"), out, dtype)
+            except MiniclipError as e:
+                results[dtype] = e
+
+        threads = [threading.Thread(target=run, args=(dtype,)) for dtype in ("float16", "bfloat16")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        done = [dtype for dtype, r in results.items() if not isinstance(r, Exception)]
+        assert len(done) == 1, results  # the other was refused: locked, or the output already there
+        header, _, _ = read_header(out / "open_clip_model.safetensors")
+        assert {info["dtype"] for info in header.values()} == {"F16" if done[0] == "float16" else "BF16"}
+        stored = read_safetensors(out / "open_clip_model.safetensors")
+        original = params_cache("odd_oc")["visual.proj"]
+        if done[0] == "float16":
+            expected = original.astype(np.float16).astype(np.float32)
+        else:
+            expected = (reference_bfloat16_bits(original).astype(np.uint32) << 16).view(np.float32)
+        expected = expected.reshape(original.shape)
+        np.testing.assert_array_equal(stored["visual.proj"], expected)
+
+
+def test_a_symlink_planted_at_the_temporary_name_is_not_followed(checkpoint, tmp_path, monkeypatch):
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    out.mkdir()
+    victim.write_text("precious")
+    monkeypatch.setattr(store.secrets, "token_hex", lambda n: "ab" * n)  # make the random name predictable
+    planted = out / f".open_clip_model.safetensors.{os.getpid()}.{'ab' * 8}.tmp"
+    planted.symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        convert(checkpoint("odd_oc"), out, "float16")
+    assert victim.read_text() == "precious" and planted.is_symlink()
+    assert not (out / "open_clip_model.safetensors").exists()
+    monkeypatch.undo()  # a fresh random name: fine
+    assert convert(checkpoint("odd_oc"), out, "float16").is_file() and victim.read_text() == "precious"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import math
 import os
 import shutil
 import socket
 import sys
 import time
+import urllib.error
 from collections import namedtuple
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from miniclip.errors import DownloadError, WeightsError
 from miniclip.hub import download as hub
 from miniclip.hub import registry
 from miniclip.terminal import Progress
-from miniclip.weights import expected_shapes
+from miniclip.weights import LAYOUT_FILES, expected_shapes, find_weights_file
 
 OC_REPO, HF_REPO = "tests/odd-oc", "tests/odd-hf"
 WEIGHTS, CONFIG = "open_clip_model.safetensors", "open_clip_config.json"
@@ -47,8 +49,9 @@ def fake(tmp_path, monkeypatch, checkpoint):
     """A fake hub serving the odd-sized checkpoints in both layouts, with $HF_ENDPOINT pointing at it and
     $MINICLIP_HOME at an empty folder; stopped when the test ends."""
     monkeypatch.setenv("MINICLIP_HOME", str(tmp_path / "home"))
-    for var in ("HF_TOKEN", "HF_HUB_OFFLINE"):
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no token file from this machine's login
     with FakeHub() as server:
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         server.add_checkpoint(OC_REPO, checkpoint("odd_oc"))
@@ -56,11 +59,13 @@ def fake(tmp_path, monkeypatch, checkpoint):
         yield server
 
 
-def make_info(name: str = "Tiny-Test", repo: str = OC_REPO, activation: str = "gelu",
-              sha256: dict | None = None) -> registry.ModelInfo:
-    return registry.ModelInfo(name=name, repo=repo, layout="open_clip", weights_file=WEIGHTS, config_file=CONFIG,
-                              activation=activation, image_size=80, size_bytes=17_000_000, size_exact=False,
-                              license="MIT", imagenet_top1=None, sha256=sha256 or {WEIGHTS: None, CONFIG: None})
+def make_info(name: str = "Tiny-Test", repo: str = OC_REPO, activation: str = "gelu", sha256: dict | None = None,
+              layout: str = "open_clip", revision: str = "main", size: int | None = None) -> registry.ModelInfo:
+    (weights, *_), config = LAYOUT_FILES[layout]
+    return registry.ModelInfo(name=name, repo=repo, layout=layout, weights_file=weights, config_file=config,
+                              activation=activation, image_size=80, size_bytes=size or 17_000_000,
+                              size_exact=size is not None, license="MIT", imagenet_top1=None,
+                              sha256=sha256 or {weights: None, config: None}, revision=revision)
 
 
 @pytest.fixture
@@ -109,9 +114,14 @@ def test_registry_lists_the_published_models():
         assert (info.repo, info.layout, info.activation, info.image_size) == (repo, layout, activation, image_size)
         assert info.files == FILES[layout] and set(info.sha256) == set(info.files)
         assert info.license == "MIT"
-        # float32 tensor data: 4 bytes per parameter of the architecture
+        # float32 tensor data: 4 bytes per parameter of the architecture, plus a header of some tens of kB
+        # when the size is the file's exact one
         arch = ARCHITECTURES[name.removesuffix("-hf").removesuffix("-laion2b_s34b_b79k")]
-        assert info.size_bytes == 4 * sum(math.prod(s) for s in expected_shapes(arch).values())
+        data_bytes = 4 * sum(math.prod(s) for s in expected_shapes(arch).values())
+        if info.size_exact:
+            assert 0 < info.size_bytes - data_bytes < 100_000, name
+        else:
+            assert info.size_bytes == data_bytes, name
     top1 = {n: registry.lookup(n).imagenet_top1 for n in REQUIRED}
     assert [round(top1[n], 1) for n in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336")] == [63.3, 68.3, 75.5, 76.6]
     assert round(top1["ViT-B-32-laion2b_s34b_b79k"], 1) == 66.6
@@ -136,6 +146,7 @@ def test_models_command_prints_the_table(capsys, tmp_path, monkeypatch):
         line = next(row for row in out.splitlines() if row.split()[:1] == [name])
         assert repo in line and layout in line and "MIT" in line
     assert "~605 MB" in out and "~1.71 GB" in out and "63.3%" in out and "66.6%" in out
+    assert "openai/clip-vit-base-patch32@refs/pr/15" in out and " 605 MB " in out  # a revision; an exact size
     assert str(tmp_path) in out
 
 
@@ -184,10 +195,10 @@ def test_load_by_name_downloads_then_uses_the_cache(fake, tiny, tmp_path, checkp
 
 
 def test_load_repo_id_detects_the_layout(fake, tmp_path):
-    model, _ = miniclip.load(HF_REPO)  # not in the registry: open_clip file tried first, then transformers
+    model, _ = miniclip.load(HF_REPO)  # not in the registry: open_clip files tried first, then transformers
     assert model.config == ARCHS["odd_hf"].config
     heads = [r.path.rsplit("/", 1)[1] for r in fake.requests if r.server == "hub" and r.method == "HEAD"]
-    assert heads[:2] == [WEIGHTS, "model.safetensors"]
+    assert heads[:3] == [WEIGHTS, "open_clip_pytorch_model.safetensors", "model.safetensors"]
     assert sorted(p.name for p in model_dir(tmp_path, HF_REPO).iterdir()) == ["config.json", "model.safetensors"]
 
     model, _ = miniclip.load(OC_REPO)
@@ -285,19 +296,45 @@ def test_registry_checksum_is_checked_too(fake, monkeypatch, tmp_path):
     assert hub.download(right.name, progress=False).is_file()
 
 
-def test_activation_disagreeing_with_the_registry_is_refused(fake, monkeypatch):
-    info = make_info("Says-QuickGELU", activation="quick_gelu")  # the served config says gelu
+def test_activation_disagreeing_with_the_registry_is_refused(fake, monkeypatch, checkpoint):
+    config = json.loads(fake.files[OC_REPO, CONFIG])
+    assert "quick_gelu" not in config["model_cfg"]  # silent: GELU to open_clip, but no contradiction
+    config["model_cfg"]["quick_gelu"] = False  # now it states GELU
+    fake.add_file("tests/says-gelu", WEIGHTS, fake.files[OC_REPO, WEIGHTS])
+    fake.add_file("tests/says-gelu", CONFIG, json.dumps(config).encode())
+    info = make_info("Says-GELU", repo="tests/says-gelu", activation="quick_gelu")
     monkeypatch.setitem(registry.models(), info.name, info)
-    with pytest.raises(WeightsError, match='trained with .quick_gelu.*"quick_gelu": true'):
+    with pytest.raises(WeightsError, match='gives activation .gelu., but Says-GELU was trained with .quick_gelu.*'
+                                           '"quick_gelu": true'):
         miniclip.load(info.name)
+
+
+def test_registry_activation_is_used_where_the_config_is_silent(fake, monkeypatch, tmp_path, checkpoint):
+    info = make_info("Silent-QuickGELU", activation="quick_gelu")  # the served config does not mention quick_gelu
+    monkeypatch.setitem(registry.models(), info.name, info)
+    model, _ = miniclip.load(info.name)
+    assert model.config.activation == "quick_gelu"
+    by_path, _ = miniclip.load(model_dir(tmp_path))  # the same files by path: open_clip's default, GELU
+    assert by_path.config.activation == "gelu" and by_path.config == ARCHS["odd_oc"].config
+    tokens = miniclip.tokenize(["a dog"], context_length=model.config.context_length)
+    assert not np.allclose(model.encode_text(tokens), by_path.encode_text(tokens))  # it really changes the model
+    assert miniclip.load(info.name, activation="quick_gelu")[0].config == model.config
+    with pytest.raises(WeightsError, match="activation='gelu' was asked for, but Silent-QuickGELU was trained with"):
+        miniclip.load(info.name, activation="gelu")
+    # a caller's activation fills in a silent config for any file, and contradicts only a config that states one
+    assert miniclip.load(model_dir(tmp_path), activation="quick_gelu")[0].config.activation == "quick_gelu"
+    with pytest.raises(WeightsError, match="activation='gelu' was asked for, but .* says 'quick_gelu'"):
+        miniclip.load(checkpoint("odd_hf"), activation="gelu")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Errors
 
 
-def test_unknown_repo_and_file(fake, tiny):
-    with pytest.raises(DownloadError, match="no repository tests/nope .*HTTP 404"):
+def test_unknown_repo_and_file(fake, tiny, tmp_path):
+    # the hub answers 401 RepoNotFound for a repo it does not have (or will not show without a token)
+    with pytest.raises(DownloadError, match="no repository tests/nope on the hub, or it is private .HTTP 401.*"
+                                            "If it is private: set \\$HF_TOKEN"):
         hub.download("tests/nope", progress=False)
     with pytest.raises(DownloadError, match="tests/nope: no such file or directory; as a hub repo id: no repo"):
         miniclip.load("tests/nope")
@@ -310,8 +347,10 @@ def test_unknown_repo_and_file(fake, tiny):
 
 def test_repo_without_safetensors(fake):
     fake.add_file("tests/pickles", "pytorch_model.bin", b"not for us")
-    with pytest.raises(DownloadError, match="neither open_clip_model.safetensors nor model.safetensors"):
+    with pytest.raises(DownloadError, match="has none of open_clip_model.safetensors, "
+                                            "open_clip_pytorch_model.safetensors, model.safetensors"):
         hub.download("tests/pickles", progress=False)
+    assert all(not r.path.endswith(".bin") for r in fake.requests)  # never a pickle
 
 
 def test_token_for_private_and_gated_repos(fake, tiny, monkeypatch):
@@ -459,3 +498,265 @@ def test_convert_by_name_downloads_first(fake, tiny, tmp_path, capsys):
     assert (tmp_path / "half" / WEIGHTS).stat().st_size < 0.501 * len(fake.files[OC_REPO, WEIGHTS])
     assert (tmp_path / "half" / CONFIG).read_bytes() == fake.files[OC_REPO, CONFIG]
     assert (model_dir(tmp_path) / WEIGHTS).is_file()  # the source was downloaded to the cache first
+
+
+# ---------------------------------------------------------------------------------------------------
+# The registry as the hub has it: revisions, pins, missing files (issue 12)
+
+
+def test_transformers_entries_fetch_the_pull_request_that_has_safetensors():
+    """openai/clip-vit-base-patch32, -base-patch16, -large-patch14-336 have no model.safetensors on main; the
+    hub's conversion pull requests do. The values below are the public records quoted in issue 12."""
+    pins = {"ViT-B-32-hf": ("refs/pr/15", None), "ViT-B-16-hf": ("refs/pr/10", "846bf12e"),
+            "ViT-L-14-336-hf": ("refs/pr/8", "f51cb7b0"), "ViT-L-14-hf": ("main", "a2bf730a"),
+            "ViT-B-32": ("main", "e6d1bd77"), "ViT-L-14-336": ("main", None)}
+    for name, (revision, sha_prefix) in pins.items():
+        info = registry.lookup(name)
+        assert info.revision == revision, name
+        digest = info.sha256[info.weights_file]
+        assert (digest or "")[:8] == (sha_prefix or ""), name
+    exact = {"ViT-B-32": 605_143_284, "ViT-B-16": 598_516_980, "ViT-L-14": 1_710_517_724,
+             "ViT-B-32-laion2b_s34b_b79k": 605_143_316}
+    assert {n: i.size_bytes for n, i in registry.models().items() if i.size_exact} == exact
+    assert hub.resolve_url("https://h", "openai/x", "refs/pr/15", "model.safetensors") == \
+        "https://h/openai/x/resolve/refs%2Fpr%2F15/model.safetensors"  # the revision quoted whole, as the hub wants
+
+
+def test_download_from_a_pull_request_revision(fake, monkeypatch, tmp_path, checkpoint):
+    repo = "tests/pr-only"  # like openai/clip-vit-base-patch32: main has no safetensors, refs/pr/15 has
+    fake.add_file(repo, "pytorch_model.bin", b"pickle: never fetched")
+    fake.add_file(repo, "config.json", fake.files[HF_REPO, "config.json"])
+    fake.add_checkpoint(repo, checkpoint("odd_hf"), revision="refs/pr/15")
+    info = make_info("PR-Test-hf", repo=repo, layout="transformers", activation="quick_gelu", revision="refs/pr/15",
+                     size=len(fake.files[HF_REPO, "model.safetensors"]))
+    monkeypatch.setitem(registry.models(), info.name, info)
+    model, _ = miniclip.load(info.name)
+    assert model.config == ARCHS["odd_hf"].config
+    heads = [r.path for r in fake.requests if r.server == "hub" and r.method == "HEAD"]
+    assert heads and all("/resolve/refs%2Fpr%2F15/" in path for path in heads)
+    assert (model_dir(tmp_path, repo) / "model.safetensors").read_bytes() == fake.files[HF_REPO, "model.safetensors"]
+
+    on_main = make_info("Main-Test-hf", repo=repo, layout="transformers", activation="quick_gelu")
+    monkeypatch.setitem(registry.models(), on_main.name, on_main)
+    shutil.rmtree(model_dir(tmp_path, repo))
+    with pytest.raises(DownloadError, match="tests/pr-only has no model.safetensors at revision main, although"):
+        hub.download(on_main.name, progress=False)
+    gone = make_info("Gone-Test-hf", repo=repo, layout="transformers", revision="refs/pr/99")
+    monkeypatch.setitem(registry.models(), gone.name, gone)
+    with pytest.raises(DownloadError, match="at revision refs/pr/99.*has no such revision"):
+        hub.download(gone.name, progress=False)
+    assert not any(r.path.endswith(".bin") for r in fake.requests)
+
+
+def test_registered_file_missing_on_the_hub_names_the_alternative(fake, monkeypatch, tmp_path):
+    oc = make_info("Pair-Test")
+    hf = make_info("Pair-Test-hf", repo=HF_REPO, layout="transformers", activation="quick_gelu")  # odd_hf's
+    for info in (oc, hf):
+        monkeypatch.setitem(registry.models(), info.name, info)
+    del fake.files[OC_REPO, WEIGHTS]  # as the L/14-336 open_clip repo may have only open_clip_pytorch_model.bin
+    fake.add_file(OC_REPO, "open_clip_pytorch_model.bin", b"pickle: never fetched")
+    with pytest.raises(DownloadError) as error:
+        miniclip.load("Pair-Test")
+    message = str(error.value)
+    assert f"{OC_REPO} has no {WEIGHTS} at revision main" in message and "registry lists it for Pair-Test" in message
+    assert "registered as Pair-Test-hf: `miniclip download Pair-Test-hf`" in message and "never" in message
+    assert not any(r.path.endswith(".bin") for r in fake.requests)
+    assert miniclip.load("Pair-Test-hf")[0].config == ARCHS["odd_hf"].config  # the alternative works
+
+
+def test_pinned_size_is_checked_and_bounds_the_download(fake, monkeypatch, tmp_path):
+    size = len(fake.files[OC_REPO, WEIGHTS])
+    wrong = make_info("Size-Wrong", size=size + 1)
+    monkeypatch.setitem(registry.models(), wrong.name, wrong)
+    with pytest.raises(DownloadError, match=f"hub reports {size} bytes, miniclip's registry pins {size + 1}"):
+        hub.download(wrong.name, progress=False)
+    assert fake.gets(WEIGHTS) == []  # refused before downloading anything
+    # a mirror that reports no size and sends an endless body: the registry's size stops it
+    fake.no_size = True
+    fake.misbehave[OC_REPO, WEIGHTS] = Misbehaviour(endless=True)
+    right = make_info("Size-Right", size=size)
+    monkeypatch.setitem(registry.models(), right.name, right)
+    with pytest.raises(DownloadError, match=f"sent more than the {size} bytes announced"):
+        hub.download(right.name, progress=False)
+    assert not (model_dir(tmp_path) / (WEIGHTS + ".part")).exists()
+    assert hub.download(right.name, progress=False).stat().st_size == size  # served properly the next time
+
+
+# ---------------------------------------------------------------------------------------------------
+# The hub's conventions: token, offline mode, X-Repo-Commit, layouts (issue 12)
+
+
+@pytest.mark.parametrize("where", ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HOME", "XDG", "HOME"])
+def test_token_from_the_environment_or_the_token_file(fake, tiny, monkeypatch, tmp_path, where):
+    fake.token = "hf_secret"
+    written = "hf_secret\n"  # what `echo $TOKEN > file` or a copied .env line leaves: a trailing newline
+    if where in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.setenv(where, written)
+    else:
+        monkeypatch.delenv("HF_HOME")
+        folder = {"HF_TOKEN_PATH": tmp_path / "elsewhere", "HF_HOME": tmp_path / "hfhome",
+                  "XDG": tmp_path / "xdg" / "huggingface", "HOME": tmp_path / "user" / ".cache" / "huggingface"}[where]
+        folder.mkdir(parents=True)
+        (folder / ("my-token" if where == "HF_TOKEN_PATH" else "token")).write_text(written)
+        monkeypatch.setenv("HOME", str(tmp_path / "user"))
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        if where == "HF_TOKEN_PATH":
+            monkeypatch.setenv("HF_TOKEN_PATH", str(folder / "my-token"))
+        elif where == "HF_HOME":
+            monkeypatch.setenv("HF_HOME", str(folder))
+        elif where == "XDG":
+            monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.download("Tiny-Test", progress=False).is_file()
+    assert [r for r in fake.requests if r.server == "hub"][-1].headers["Authorization"] == "Bearer hf_secret"
+
+
+def test_a_token_that_cannot_be_one_is_refused_by_name(fake, tiny, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_se cret")
+    with pytest.raises(DownloadError, match="token in \\$HF_TOKEN holds spaces, control or non-ASCII"):
+        hub.download("Tiny-Test", progress=False)
+    monkeypatch.setenv("HF_TOKEN", " \n")  # only whitespace: no token, as the hub's client reads it
+    fake.token = "hf_secret"
+    with pytest.raises(DownloadError, match="HTTP 401.*set \\$HF_TOKEN"):
+        hub.download("Tiny-Test", progress=False)
+
+
+@pytest.mark.parametrize("var", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_download_command_honours_offline_mode(fake, tiny, monkeypatch, capsys, tmp_path, var):
+    monkeypatch.setenv(var, "1")
+    assert main(["download", "Tiny-Test", "--quiet"]) == 1
+    assert "Tiny-Test is not downloaded and downloading is off" in capsys.readouterr().err
+    assert main(["download", HF_REPO, "--quiet"]) == 1
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE is set"):
+        hub.download_file(OC_REPO, WEIGHTS, tmp_path / "direct")
+    assert fake.requests == [] and not (tmp_path / "home").exists()
+    monkeypatch.delenv(var)
+    assert main(["download", "Tiny-Test", "--quiet"]) == 0
+    before = len(fake.requests)
+    monkeypatch.setenv(var, "1")
+    assert main(["download", "Tiny-Test", "--quiet"]) == 0  # on disk: offline is no obstacle
+    assert len(fake.requests) == before
+
+
+def test_an_answer_without_x_repo_commit_is_not_the_hub(fake, tiny, tmp_path):
+    fake.no_commit = True  # e.g. a captive portal answering 200 with its login page
+    with pytest.raises(DownloadError, match="lacks the hub's X-Repo-Commit header.*nothing was saved"):
+        hub.download("Tiny-Test", progress=False)
+    with pytest.raises(DownloadError, match="X-Repo-Commit"):
+        hub.download(HF_REPO, progress=False)
+    assert fake.gets(WEIGHTS) == [] and fake.gets(CONFIG, server="hub") == []
+    assert not (tmp_path / "home").exists() or list((tmp_path / "home").iterdir()) == []
+
+
+def test_failed_downloads_leave_no_empty_folder(fake, monkeypatch, tmp_path):
+    for repo, status in (("tests/gone", None), (OC_REPO, (403, "GatedRepo")), (OC_REPO, (404, "EntryNotFound"))):
+        info = make_info("Fails-Test", repo=repo)
+        monkeypatch.setitem(registry.models(), info.name, info)
+        if status:
+            fake.status[OC_REPO, None] = status
+        with pytest.raises(DownloadError):
+            hub.download(info.name, progress=False)
+        assert not model_dir(tmp_path, repo).exists(), (repo, status)
+    # an interrupted one keeps its folder: the .part file in it resumes
+    fake.status.clear()
+    fake.misbehave[OC_REPO, WEIGHTS] = Misbehaviour(cut_after=1000)
+    with pytest.raises(DownloadError, match="interrupted"):
+        hub.download("Fails-Test", retries=0, progress=False)
+    assert (model_dir(tmp_path) / (WEIGHTS + ".part")).stat().st_size == 1000
+
+
+def test_open_clip_files_under_the_conversion_bots_name(fake, tmp_path, checkpoint):
+    repo, name = "tests/bot-converted", "open_clip_pytorch_model.safetensors"
+    fake.add_file(repo, name, fake.files[OC_REPO, WEIGHTS])
+    fake.add_file(repo, CONFIG, fake.files[OC_REPO, CONFIG])
+    fake.add_file(repo, "open_clip_pytorch_model.bin", b"pickle: never fetched")
+    model, _ = miniclip.load(repo)
+    assert model.config == ARCHS["odd_oc"].config
+    assert sorted(p.name for p in model_dir(tmp_path, repo).iterdir()) == [CONFIG, name]
+    assert find_weights_file(model_dir(tmp_path, repo)).name == name  # a folder holding it loads too
+    assert hub.local_weights(repo) == model_dir(tmp_path, repo) / name
+    with pytest.raises(registry.MiniclipError, match="open_clip layout's files are open_clip_model.safetensors or "
+                                                     "open_clip_pytorch_model.safetensors and open_clip_config.json"):
+        registry._parse("x", {"repo": "a/b", "layout": "open_clip", "weights_file": "model.safetensors",
+                              "config_file": CONFIG, "activation": "gelu", "image_size": 224, "size_bytes": 1,
+                              "size_exact": False, "license": "MIT"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hostile servers (issue 15, items 3 and 7)
+
+
+def test_endless_body_is_cut_off_at_the_announced_size(fake, tiny, tmp_path, monkeypatch):
+    size = len(fake.files[OC_REPO, WEIGHTS])
+    fake.misbehave[OC_REPO, WEIGHTS] = Misbehaviour(endless=True)  # no Content-Length, bytes without end
+    largest = []
+    real_open = hub._open_for_writing
+
+    class Measured:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            largest.append(self.written)
+            return self.f.write(data)
+
+        def close(self):
+            self.f.close()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(hub, "_open_for_writing", lambda path, mode: Measured(real_open(path, mode)))
+    with pytest.raises(DownloadError, match=f"the server sent more than the {size} bytes announced"):
+        hub.download("Tiny-Test", progress=False)
+    assert max(largest) <= size  # not a byte past the size was written
+    assert not (model_dir(tmp_path) / (WEIGHTS + ".part")).exists() and not (model_dir(tmp_path) / WEIGHTS).exists()
+
+
+def test_a_trickling_server_meets_the_deadline(fake, tiny, tmp_path, capsys):
+    fake.misbehave[OC_REPO, WEIGHTS] = Misbehaviour(trickle_seconds=0.05, times=2)  # never silent for a timeout
+    with pytest.raises(DownloadError, match="did not finish within its deadline of 1 s.*kept in .*part"):
+        hub.download("Tiny-Test", timeout=5, deadline=1, retries=0, progress=False)
+    kept = (model_dir(tmp_path) / (WEIGHTS + ".part")).stat().st_size
+    assert 0 < kept < 1000  # kept to resume
+    assert main(["download", "Tiny-Test", "--quiet", "--deadline", "0.5", "--timeout", "5"]) == 1
+    assert "deadline of 0.5 s" in capsys.readouterr().err
+    assert fake.gets(WEIGHTS)[-1].headers["Range"] == f"bytes={kept}-"  # the second run resumed
+    assert hub.download("Tiny-Test", progress=False).is_file()  # the server behaves again: done
+
+
+def test_a_symlink_at_the_partial_download_is_not_written_through(fake, tiny, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    model_dir(tmp_path).mkdir(parents=True)
+    (model_dir(tmp_path) / (WEIGHTS + ".part")).symlink_to(victim)
+    with pytest.raises(DownloadError, match="is a symbolic link, not a partial download"):
+        hub.download("Tiny-Test", progress=False)
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "data:,not-a-model", "ftp://127.0.0.1/x"])
+def test_redirects_to_anything_but_http_are_refused(fake, tiny, tmp_path, target):
+    fake.redirect[OC_REPO, WEIGHTS] = target  # the hub's answer
+    with pytest.raises(DownloadError, match="only http\\(s\\) URLs are followed"):
+        hub.download("Tiny-Test", progress=False)
+    fake.redirect.clear()
+    fake.cdn_redirect = target  # the file server's answer
+    with pytest.raises(DownloadError, match="only http\\(s\\) URLs are followed"):
+        hub.download("Tiny-Test", progress=False)
+    assert not (model_dir(tmp_path) / WEIGHTS).exists()
+    assert not (model_dir(tmp_path) / (WEIGHTS + ".part")).exists()
+
+
+def test_the_opener_has_no_handlers_for_local_schemes(tmp_path, monkeypatch):
+    secret = tmp_path / "secret"
+    secret.write_text("local file")
+    for url in (secret.as_uri(), "data:,x", "ftp://127.0.0.1/x"):
+        with pytest.raises(urllib.error.URLError, match="unknown url type"):
+            hub._OPENER.open(url, timeout=1)
+    monkeypatch.setenv("HF_ENDPOINT", tmp_path.as_uri())
+    with pytest.raises(DownloadError, match="reached over http\\(s\\) only"):
+        hub.download("tests/x", progress=False)

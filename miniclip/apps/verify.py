@@ -35,7 +35,7 @@ import numpy as np
 from ..backends import BACKENDS
 from ..config import ARCHITECTURES
 from ..errors import MiniclipError
-from ..hub.download import resolve_source
+from ..hub.download import resolve_model
 from ..model import CLIP
 from ..ops import softmax
 from ..preprocess import load_image, preprocess
@@ -191,7 +191,8 @@ def verify(source: str | os.PathLike, images: list[str] | None = None, texts: li
     out = out or sys.stdout
     backends = list(backends or BACKENDS)
     fixture = _load_fixture(reference_fixture) if reference_fixture is not None else None
-    weights_file = find_weights_file(resolve_source(source))
+    resolved, activation = resolve_model(source, activation)  # a registered model: the registry's activation
+    weights_file = find_weights_file(resolved)
     layout = detect_layout(dict.fromkeys(tensor_names(weights_file)), str(weights_file))
 
     models: dict[str, CLIP] = {}

@@ -10,7 +10,7 @@ from ..apps.verify import verify
 from ..backends import BACKENDS
 from ..errors import MiniclipError, WeightsError
 from ..hub.convert import DTYPES, convert
-from ..hub.download import DEFAULT_RETRIES, DEFAULT_TIMEOUT, download, is_downloaded, resolve_source
+from ..hub.download import DEFAULT_DEADLINE, DEFAULT_RETRIES, DEFAULT_TIMEOUT, download, is_downloaded, resolve_source
 from ..hub.registry import format_table, models
 from ..safetensors_file import checkpoint_files
 from ..store import weights_dir
@@ -37,7 +37,8 @@ def add_models(sub: argparse._SubParsersAction) -> None:
 
 def cmd_download(args: argparse.Namespace) -> None:
     for name in args.names:
-        path = download(name, progress=False if args.quiet else None, timeout=args.timeout, retries=args.retries)
+        path = download(name, progress=False if args.quiet else None, timeout=args.timeout, retries=args.retries,
+                        deadline=args.deadline or None)
         print(f"{name}: {path}")
     if not args.quiet and len(args.names) == 1:
         print(f"load it with miniclip.load({args.names[0]!r}) or --weights {path}", file=sys.stderr)
@@ -47,20 +48,24 @@ def add_download(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="download published weights by model name or hub repo id",
                        description="Download a model from `miniclip models` (e.g. ViT-B-32) or any hub repo id "
                        "(owner/name) holding CLIP safetensors, into $MINICLIP_HOME, the weights/ folder of a "
-                       f"source checkout, or ~/.cache/miniclip (here: {weights_dir()}). Honours $HF_ENDPOINT and "
-                       "$HF_TOKEN. An interrupted download resumes when run again.")
+                       f"source checkout, or ~/.cache/miniclip (here: {weights_dir()}). Honours $HF_ENDPOINT, "
+                       "$HF_TOKEN (or the token file of `huggingface-cli login`) and $HF_HUB_OFFLINE. An interrupted "
+                       "download resumes when run again.")
     p.add_argument("names", nargs="+", metavar="NAME", help="model name (see `miniclip models`) or owner/name")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help=f"seconds to wait for the server before retrying (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
                    help=f"resumed attempts after an interruption (default {DEFAULT_RETRIES})")
+    p.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE, metavar="SECONDS",
+                   help=f"give up on a file after this long, all attempts together, keeping what arrived for the "
+                        f"next run (default {DEFAULT_DEADLINE:g}; 0: no limit)")
     p.set_defaults(func=cmd_download)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
     src_file = find_weights_file(resolve_source(args.src))
-    out = convert(src_file, args.dst, args.dtype)
+    out = convert(src_file, args.dst, args.dtype, overwrite=args.force)
     before, after = (sum(f.stat().st_size for f in checkpoint_files(path)) for path in (src_file, out))
     print(f"wrote {out}: {format_size(after)} in {args.dtype} (was {format_size(before)}, "
           f"{after / before:.0%}); load it as before, miniclip computes in float32")
@@ -75,6 +80,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=list(DTYPES), default="float16",
                    help="float16 (default: 10-bit mantissa, range to 65504) or bfloat16 (8-bit mantissa, "
                         "float32's range)")
+    p.add_argument("--force", action="store_true", help="replace the output files if they exist")
     p.set_defaults(func=cmd_convert)
 
 

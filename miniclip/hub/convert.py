@@ -10,6 +10,11 @@ computes in float32: loading widens each tensor once, so the cost is only the ro
 the format (https://github.com/huggingface/safetensors, "Format"): an 8-byte little-endian header length N,
 N bytes of JSON header (padded with spaces so the data start at a multiple of 8), then each tensor's raw
 little-endian bytes at its `data_offsets`.
+
+Every output is written through `miniclip.store.atomic_writer` (a fresh, exclusively created temporary
+file, renamed into place): an interrupted convert leaves the old file or none, never a mixture. One convert
+at a time writes into a given output (a lock beside it; a second is refused), and an existing output is
+replaced only when asked (`overwrite=True`, `--force`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +29,9 @@ import numpy as np
 
 from ..errors import MiniclipError, WeightsError
 from ..safetensors_file import INDEX_SUFFIX, checkpoint_files, read_header, read_safetensors, tensor_names
-from ..weights import detect_layout, find_weights_file
+from ..store import Locked, atomic_write_bytes, atomic_writer, file_lock
+from ..weights import LAYOUT_FILES, detect_layout, find_weights_file
 from .download import resolve_source
-from .registry import LAYOUTS
 
 DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # --dtype -> safetensors dtype name
 _STORED = {"F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F32": np.dtype("<f4")}  # bf16: raw bit patterns
@@ -96,25 +100,22 @@ def write_converted(src: Path, dst: Path, dtype: str) -> tuple[int, dict[str, in
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-(8 + len(text)) % 8)  # pad so the data (and every 8-byte-aligned offset) start aligned
-    tmp = dst.with_name(dst.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(len(text).to_bytes(8, "little"))
-            f.write(text)
-            for name, tensor, to, size in plan:
-                written = sum(f.write(block) for block in _blocks(name, tensor, to))
-                assert written == size, (name, written, size)
-        os.replace(tmp, dst)  # atomic: no half-written file under the final name
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_writer(dst) as f:  # no half-written file under the final name, ever
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for name, tensor, to, size in plan:
+            written = sum(f.write(block) for block in _blocks(name, tensor, to))
+            assert written == size, (name, written, size)
     return dst.stat().st_size, counts
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float16") -> Path:
+def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float16", *,
+            overwrite: bool = False) -> Path:
     """Convert a checkpoint (a .safetensors file, a sharded checkpoint's index, a directory holding one, or a
     model name / hub repo id, downloaded if need be) to `dtype`, keeping its layout. `dst` is a directory
     (the files keep their names) or a .safetensors path; the config file beside the source is copied beside
-    the result. Returns the new weights file (or index)."""
+    the result. Existing outputs are refused unless `overwrite`; a convert already writing into the same
+    output makes this one fail at once. Returns the new weights file (or index)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     src_file = find_weights_file(resolve_source(src))
@@ -127,6 +128,28 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float1
     if dst_file.resolve() == src_file.resolve():
         raise WeightsError(f"{dst_file}: the destination is the source file; give another directory or name")
     dst_file.parent.mkdir(parents=True, exist_ok=True)
+    config_name = LAYOUT_FILES[layout][1]
+    config, target_config = src_file.parent / config_name, dst_file.parent / config_name
+    copy_config = config.is_file() and target_config.resolve() != config.resolve()
+    outputs = [dst_file, *(dst_file.parent / shard.name for shard in checkpoint_files(src_file) if sharded),
+               *([target_config] if copy_config else [])]
+    lock = dst_file.with_name(f".{dst_file.name}.lock")
+    try:
+        with file_lock(lock, wait=False):  # two converts into one output would interleave their files
+            existing = [str(path) for path in outputs if path.exists() or path.is_symlink()]
+            if existing and not overwrite:
+                raise WeightsError(f"{', '.join(existing)} already exist(s): pass --force (overwrite=True) to "
+                                   "replace, or give another destination")
+            _convert_locked(src_file, dst_file, dtype, layout, sharded, config if copy_config else None,
+                            target_config)
+    except Locked as e:
+        raise MiniclipError(f"another convert (process {e.holder or 'unknown'}) is writing {dst_file}: wait for it "
+                            "to finish, or give another destination") from None
+    return dst_file
+
+
+def _convert_locked(src_file: Path, dst_file: Path, dtype: str, layout: str, sharded: bool, config: Path | None,
+                    target_config: Path) -> None:
     if sharded:  # each shard converted on its own, then the index (same map, new total size) beside them
         data_bytes = 0  # tensor_names above has validated the index before anything is written
         for shard in checkpoint_files(src_file):
@@ -135,19 +158,14 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float1
             data_bytes += size - data_start
         index = json.loads(src_file.read_text(encoding="utf-8"))
         index["metadata"] = {**(index.get("metadata") or {}), "total_size": data_bytes}
-        dst_file.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        atomic_write_bytes(dst_file, (json.dumps(index, indent=2) + "\n").encode("utf-8"))
     else:
         write_converted(src_file, dst_file, dtype)
-    config_name = LAYOUTS[layout][1]
-    config = src_file.parent / config_name
-    if config.is_file():
-        target_config = dst_file.parent / config_name
-        if target_config.resolve() != config.resolve():
-            shutil.copyfile(config, target_config)
-            if layout == "transformers":  # transformers reads the storage dtype from here (torch_dtype="auto")
-                data = json.loads(target_config.read_text(encoding="utf-8"))
-                for key in ("torch_dtype", "dtype"):
-                    if key in data:
-                        data[key] = dtype
-                target_config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return dst_file
+    if config is not None:
+        data = config.read_bytes()
+        if layout == "transformers":  # transformers reads the storage dtype from here (torch_dtype="auto")
+            settings = json.loads(data)
+            if any(key in settings for key in ("torch_dtype", "dtype")):
+                data = (json.dumps(settings | {key: dtype for key in ("torch_dtype", "dtype") if key in settings},
+                                   indent=2) + "\n").encode("utf-8")
+        atomic_write_bytes(target_config, data)

@@ -10,7 +10,12 @@ Naming scheme (shown by `miniclip models`):
 so the bare architecture name is OpenAI's CLIP, as in openai/CLIP's `clip.load`, whose own spellings
 ("ViT-B/32", "ViT-L/14@336px") are accepted as aliases, as is open_clip's name + tag ("ViT-B-32-openai").
 Names are matched case-insensitively. A hub repo id (`owner/name`) of a registry entry selects that entry
-(its open_clip-layout one first); other repo ids are handled by miniclip/hub.py.
+(its open_clip-layout one first); other repo ids are handled by miniclip/hub/download.py.
+
+`revision`: the branch, tag, pull-request ref (`refs/pr/N`) or commit the files are fetched from. OpenAI's
+transformers repos have no model.safetensors on main: their safetensors copies live on the hub's automatic
+conversion pull requests, which the -hf entries pin. `sha256` and `size_bytes` (with `size_exact`) pin what
+public records of the hub give; models.json's `_about` says where they come from.
 """
 
 from __future__ import annotations
@@ -24,10 +29,9 @@ from pathlib import Path
 from ..config import ACTIVATIONS
 from ..errors import MiniclipError
 from ..terminal import format_size, text_table
+from ..weights import LAYOUT_FILES
 
 REGISTRY_FILE = Path(__file__).resolve().parent / "models.json"
-LAYOUTS = {"open_clip": ("open_clip_model.safetensors", "open_clip_config.json"),
-           "transformers": ("model.safetensors", "config.json")}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -43,14 +47,14 @@ class ModelInfo:
     activation: str  # what the weights were trained with; checked against the downloaded config
     image_size: int
     size_bytes: int  # of the weights file (approximate unless size_exact)
-    size_exact: bool
+    size_exact: bool  # size_bytes is the file's exact size, checked against the hub's before downloading
     license: str
     imagenet_top1: float | None  # zero-shot ImageNet-1k top-1, %, from open_clip's results table
     imagenet_top1_paper: float | None = None  # openai's published figure (OpenAI weights only)
     sha256: Mapping[str, str | None] = field(default_factory=dict)  # file name -> hex digest, or None if unknown
     aliases: tuple[str, ...] = ()
     description: str = ""
-    revision: str = "main"
+    revision: str = "main"  # branch, tag, pull-request ref ("refs/pr/15") or commit the files come from
 
     @property
     def files(self) -> tuple[str, str]:
@@ -69,10 +73,12 @@ def _parse(name: str, d: dict) -> ModelInfo:
                          description=d.get("description", ""), revision=d.get("revision", "main"))
     except (KeyError, TypeError, ValueError) as e:
         raise MiniclipError(f"{where}: missing or malformed field {e}") from e
-    if info.layout not in LAYOUTS:
-        raise MiniclipError(f"{where}: layout must be one of {', '.join(LAYOUTS)}, got {info.layout!r}")
-    if (info.weights_file, info.config_file) != LAYOUTS[info.layout]:
-        raise MiniclipError(f"{where}: the {info.layout} layout's files are {LAYOUTS[info.layout]}")
+    if info.layout not in LAYOUT_FILES:
+        raise MiniclipError(f"{where}: layout must be one of {', '.join(LAYOUT_FILES)}, got {info.layout!r}")
+    weights_files, config_file = LAYOUT_FILES[info.layout]
+    if info.weights_file not in weights_files or info.config_file != config_file:
+        raise MiniclipError(f"{where}: the {info.layout} layout's files are {' or '.join(weights_files)} and "
+                            f"{config_file}")
     if info.activation not in ACTIVATIONS:
         raise MiniclipError(f"{where}: activation must be one of {ACTIVATIONS}, got {info.activation!r}")
     if info.repo.count("/") != 1:
@@ -117,14 +123,22 @@ def lookup(name: str) -> ModelInfo | None:
     return None
 
 
+def other_layout(info: ModelInfo) -> ModelInfo | None:
+    """The same weights in the other layout (`NAME` <-> `NAME-hf`, the naming scheme above), if registered."""
+    other = info.name.removesuffix("-hf") if info.name.endswith("-hf") else info.name + "-hf"
+    found = models().get(other)
+    return found if found is not None and found.layout != info.layout else None
+
+
 def format_table(downloaded: Mapping[str, bool] | None = None) -> str:
     """The registry as a plain-text table; `downloaded` adds a column saying which are on disk."""
-    header = ["name", "layout", "hub repo", "size", "ImageNet", "licence"]
+    header = ["name", "layout", "hub repo (@revision)", "size", "ImageNet", "licence"]
     rows = []
     for info in models().values():
         size = ("" if info.size_exact else "~") + format_size(info.size_bytes)
         top1 = "" if info.imagenet_top1 is None else f"{info.imagenet_top1:.1f}%"
-        rows.append([info.name, info.layout, info.repo, size, top1, info.license])
+        repo = info.repo if info.revision == "main" else f"{info.repo}@{info.revision}"
+        rows.append([info.name, info.layout, repo, size, top1, info.license])
         if downloaded is not None:
             rows[-1].append("yes" if downloaded.get(info.name) else "")
     if downloaded is not None:
