@@ -30,10 +30,12 @@ def fixture(name: str):
     return np.load(FIXTURES / f"model_{name}.npz")
 
 
-def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`code` in a fresh interpreter (this one, so the same installation), from the repository root."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
+def run_python(code: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter (this one, so the same installation), from the repository root, with
+    the variables of `env` set (None: removed)."""
+    environ = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=REPO,
+                          env={k: v for k, v in environ.items() if v is not None}, timeout=300)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -183,6 +185,6 @@ def test_the_gemm_choice_is_kept_under_miniclip_home(tmp_path, miniclip_home):
         from miniclip.backends import get_backend
         x = np.ones((3, 8), np.float32)
         np.testing.assert_allclose(get_backend("numba").linear(x, np.ones((5, 8), np.float32)), 8.0)
-    """, env={"MINICLIP_HOME": str(home), "MINICLIP_GEMM": ""})
+    """, env={"MINICLIP_HOME": str(home), "MINICLIP_GEMM": None})
     assert result.returncode == 0, result.stderr
     assert [p.name for p in (home / "cache").iterdir()], "the GEMM choice was not kept under MINICLIP_HOME"
