@@ -3,6 +3,7 @@ printed at the end of the run (the issue asks for the observed worst case to be 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,21 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("miniclip vs PyTorch reference: worst errors observed")
         for key in sorted(WORST):
             terminalreporter.write_line(f"{key:55s} {WORST[key]:.3g}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def miniclip_home(tmp_path_factory):
+    """$MINICLIP_HOME at a temporary folder for the whole run, so that no test writes into the real home
+    (the GEMM choice, zero-shot classifiers, downloads): set in os.environ, so child processes (the CLI,
+    the benchmarks) inherit it. Tests that need their own home still monkeypatch it."""
+    home = tmp_path_factory.mktemp("miniclip_home")
+    saved = os.environ.get("MINICLIP_HOME")
+    os.environ["MINICLIP_HOME"] = str(home)
+    yield home
+    if saved is None:
+        os.environ.pop("MINICLIP_HOME", None)
+    else:
+        os.environ["MINICLIP_HOME"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -66,8 +66,38 @@ def run_open_clip(directory: Path, images: np.ndarray, tokens: np.ndarray) -> di
         i = image_features / image_features.norm(dim=-1, keepdim=True)
         t = text_features / text_features.norm(dim=-1, keepdim=True)
         logits_per_image = model.logit_scale.exp() * i @ t.T
+        # per-layer activations in transformers' convention, recorded by hooks in a second pass (asking
+        # nn.MultiheadAttention for its weights switches it off its fused path, so not in the pass above)
+        vision_hidden, vision_attentions = recorded(model.visual.transformer, model.encode_image, images)
+        text_hidden, text_attentions = recorded(model.transformer, model.encode_text, tokens)
     return {"image_features": image_features.numpy(), "text_features": text_features.numpy(),
-            "logits_per_image": logits_per_image.numpy(), "logits_per_text": logits_per_image.T.numpy()}
+            "logits_per_image": logits_per_image.numpy(), "logits_per_text": logits_per_image.T.numpy(),
+            "vision_hidden_states": vision_hidden, "vision_attentions": vision_attentions,
+            "text_hidden_states": text_hidden, "text_attentions": text_attentions}
+
+
+def recorded(transformer, encode, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """open_clip's own activations during `encode(inputs)`: the input of every residual block and the last
+    block's output [L + 1, B, T, D], and every block's attention probabilities [L, B, H, T, T], which
+    nn.MultiheadAttention computes itself when called with need_weights=True, average_attn_weights=False."""
+    assert transformer.batch_first, "open_clip runs its blocks batch first since 2.24"
+    hidden, attentions, handles = [], [], []
+
+    def force_weights(module, args, kwargs):
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+    blocks = list(transformer.resblocks)
+    for block in blocks:
+        handles.append(block.register_forward_pre_hook(lambda m, args: hidden.append(args[0].clone())))
+        handles.append(block.attn.register_forward_pre_hook(force_weights, with_kwargs=True))
+        handles.append(block.attn.register_forward_hook(lambda m, args, out: attentions.append(out[1].clone())))
+    handles.append(blocks[-1].register_forward_hook(lambda m, args, out: hidden.append(out.clone())))
+    try:
+        encode(torch.from_numpy(inputs))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(hidden).numpy(), torch.stack(attentions).numpy()
 
 
 def make(arch: Arch) -> None:

@@ -54,6 +54,12 @@ ARCHS = {a.name: a for a in [
                         vision_heads=3, vision_mlp_dim=240, context_length=40, vocab_size=49408,
                         text_width=80, text_layers=2, text_heads=2, text_mlp_dim=200,
                         activation="gelu"), "open_clip", 8),
+    # A LayerNorm epsilon far from PyTorch's 1e-5, read from config.json: a model that ignored it (or any
+    # LayerNorm that used 1e-5 regardless) would miss this reference by ~1e-2, 100x the tolerance
+    Arch("odd_eps", _cfg(embed_dim=48, image_size=80, patch_size=16, vision_width=96, vision_layers=3,
+                         vision_heads=3, vision_mlp_dim=240, context_length=40, vocab_size=49408,
+                         text_width=80, text_layers=2, text_heads=2, text_mlp_dim=200,
+                         activation="quick_gelu", layer_norm_eps=1e-2), "transformers", 9),
 ]}
 
 TEXTS = ["a diagram", "a dog", "a cat",

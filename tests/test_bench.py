@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from miniclip import bench
 from miniclip.config import ARCHITECTURES
@@ -66,3 +67,35 @@ def test_profile_of_a_small_architecture(monkeypatch):
         assert abs(sum(r["ms"] for r in mine) - mine[0]["total_ms"]) < 1e-6
         assert {r["op"] for r in mine} >= {"layer_norm", "attention", "linear 32->96"}
         assert sum(r["calls"] for r in mine if r["op"] == "attention") == 2  # one per block
+
+
+TINY = dict(embed_dim=16, image_size=32, patch_size=16, vision_width=32, vision_layers=1, vision_heads=1,
+            vision_mlp_dim=64, context_length=16, vocab_size=49408, text_width=32, text_layers=1, text_heads=1,
+            text_mlp_dim=64)
+
+
+@pytest.mark.parametrize("mode, header", [
+    ("--gemm", "| product (batch) | BLAS GFLOP/s | Numba GEMM GFLOP/s | Numba / BLAS |"),
+    ("--load", "| model | layout | file dtype | file MiB | load s |"),
+    ("--cold", "| model | contender | cold start s | peak RSS MiB |"),
+])
+def test_bench_commands_run_on_a_tiny_model(mode, header, monkeypatch, capsys):
+    """Smoke: the commands docs/performance.md cites (`python -m miniclip.bench --gemm / --load / --cold`) run
+    to the end and print their table, on a model small enough to take seconds. Their child processes
+    (loading, cold start) are real; only the repeats are cut to one, as speed is not tested here."""
+    from miniclip.config import CLIPConfig
+
+    monkeypatch.setitem(bench.ARCHITECTURES, "tiny", CLIPConfig(**TINY))
+    timer, cold = bench._time, bench.bench_cold
+    monkeypatch.setattr(bench, "_time", lambda fn, **kwargs: timer(fn, min_repeats=1, min_seconds=0.0))
+    monkeypatch.setattr(bench, "bench_cold", lambda model, contenders: cold(model, contenders, repeats=1))
+    # --cold with the NumPy backend only: a Numba child process spends ~4 s loading its compiled kernels,
+    # and what differs for it is only the backend's name, which miniclip.load checks everywhere else
+    backends = ["--backend", "numpy"] if mode == "--cold" else []
+    bench.main([mode, "--model", "tiny", "--batch", "1", *backends])
+    out = capsys.readouterr().out
+    assert header in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    expected = {"--gemm": 4, "--load": 4, "--cold": 1}[mode]  # 4 products; 2 layouts x 2 dtypes; 1 backend
+    assert len(rows) == expected, out
+    assert all("tiny" in row for row in rows if mode != "--gemm") and "nan" not in out

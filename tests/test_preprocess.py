@@ -42,7 +42,7 @@ except ImportError:  # running without it (e.g. --noconftest)
 TESTS = Path(__file__).resolve().parent
 FIXTURE = TESTS / "fixtures" / "preprocess_torchvision.npz"
 CLIP_PNG = TESTS / "data" / "CLIP.png"
-TOLERANCE = 1e-5
+TOLERANCE = 0.0  # bit-identical: the same float32 operations in the same order (README: "0 difference")
 
 
 def _import_test_images():
@@ -139,6 +139,25 @@ def test_center_crop_matches_torchvision(name: str) -> None:
     assert cropped.size == (size, size)
     np.testing.assert_array_equal(np.asarray(cropped), REFERENCE[f"crop_raw:{name}@{size}"])
     np.testing.assert_array_equal(np.asarray(cropped.convert("RGB")), REFERENCE[f"crop_rgb:{name}@{size}"])
+
+
+@pytest.mark.parametrize("excess, offset", [(0, 0), (1, 0), (2, 1), (3, 2), (5, 2), (7, 4), (29, 14)])
+def test_center_crop_offset_rounds_half_to_even(excess: int, offset: int) -> None:
+    """torchvision's offset is int(round(excess / 2)) with Python's round-half-to-even (by hand: 1.5 -> 2,
+    2.5 -> 2, 3.5 -> 4, 14.5 -> 14), which differs from floor when excess = 3, 7 (mod 4) and from
+    round-half-up when excess = 5, 29 (mod 4 = 1, > 1)."""
+    side = 8 + excess
+    image = Image.fromarray(np.arange(side * side, dtype=np.int32).reshape(side, side))  # mode "I"
+    cropped = np.asarray(center_crop(image, 8))
+    assert cropped[0, 0] == offset * side + offset  # top-left pixel of the crop: (row, column) = (offset, offset)
+
+
+def test_center_crop_fixtures_hold_half_way_cases() -> None:
+    """The torchvision crop fixtures include offsets where floor, round-half-up and round-half-to-even
+    disagree, so test_center_crop_matches_torchvision checks the rule against torchvision itself."""
+    excesses = {side - size for case, size in CROP_CASES.values() for side in (case.width, case.height)}
+    assert excesses & {3, 7, 11, 15, 19, 23, 27, 31}, "no case where floor and round-half-to-even differ"
+    assert excesses & {5, 9, 13, 17, 21, 25, 29}, "no case where round-half-up and round-half-to-even differ"
 
 
 def test_resized_output_size_matches_torchvision() -> None:

@@ -343,14 +343,16 @@ if contender == "torch":
     import torch, transformers
     torch.set_num_threads(__import__("os").cpu_count())
     model = transformers.CLIPModel.from_pretrained(directory).eval()
+    S = model.config.vision_config.image_size
     with torch.inference_mode():
-        model.get_image_features(pixel_values=torch.zeros(1, 3, 224, 224))
+        model.get_image_features(pixel_values=torch.zeros(1, 3, S, S))
         model.get_text_features(input_ids=torch.tensor([[49406, 320, 1929, 49407]]))
 else:
     import miniclip
     model, _ = miniclip.load(directory, backend=contender)
-    model.encode_image(np.zeros((1, 3, 224, 224), np.float32))
-    model.encode_text(miniclip.tokenize(["a dog"]))
+    S = model.config.image_size
+    model.encode_image(np.zeros((1, 3, S, S), np.float32))
+    model.encode_text(miniclip.tokenize(["a dog"], model.config.context_length))
 seconds = time.perf_counter() - t0
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
 print(json.dumps({"seconds": seconds, "peak_mib": peak}))
