@@ -10,6 +10,8 @@ writes.
   done; a process that locked a file which was deleted meanwhile notices (another inode at the path) and
   starts over, so two processes never both hold "the" lock.
 - `atomic_write_bytes`: readers see the old file or the complete new one, never a partial write.
+- `open_regular_file`: open a file for reading only if it is a regular file: a FIFO or a device given a
+  file's name (`photo.png`, `/dev/zero`) would block or never end.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -68,7 +72,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name opened with "x" (exclusive create): unlike tempfile.mkstemp's private 0600 files, the
     # result gets the permissions the user's umask gives any new file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # see temporary_target
     try:
         with open(tmp, "xb") as f:
             f.write(data)
@@ -81,6 +85,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.[0-9]+\.[0-9a-f]{8}\.tmp")
+
+
+def temporary_target(name: str) -> str | None:
+    """The name of the file that `name` was the temporary file of, if `name` is one atomic_write_bytes makes
+    (`.<name>.<pid>.<random>.tmp`), else None. Such a file stays behind only when its writer was killed."""
+    match = _TEMPORARY.fullmatch(name)
+    return match.group(1) if match else None
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -131,3 +145,36 @@ def file_lock(path: str | os.PathLike, *, wait: bool, on_wait: Callable[[str], N
             return
         finally:
             f.close()  # closing releases the lock
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular_file(path: str | os.PathLike) -> io.BufferedReader:
+    """Open `path` for reading in binary mode, but only if it is a regular file (symlinks followed).
+
+    Opening a FIFO blocks until a writer appears and reading a device such as /dev/zero never ends, so a
+    file name alone (`photo.png`, `embeddings-....npy`) is not trusted: the path is checked with `stat`
+    before it is opened (a FIFO or device is never opened), then opened with O_NONBLOCK (a FIFO put there
+    meanwhile cannot block the open) and checked again on the open descriptor. Raises FileNotFoundError or
+    another OSError; one that is not a regular file gives an OSError whose message says what it is."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise OSError(f"{_kind(mode)}, not a regular file")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{_kind(mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # no effect on a regular file's reads; restored for tidiness
+        return open(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise

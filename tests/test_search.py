@@ -250,12 +250,14 @@ def test_a_damaged_index_is_detected_never_used(model, photos, tmp_path, checkpo
     npy.unlink()
     broken("cannot be read")
     npy.write_bytes(good)
+    (out / "manifest.json").unlink()  # embeddings but no manifest: a folder that is not (or no longer) an index
+    broken("embeddings files but no manifest.json")
+    assert main(["index", str(photos), "--out", str(out), "--weights", weights]) == 1  # not provably ours
+    assert "not a miniclip index; refusing" in capsys.readouterr().err and npy.read_bytes() == good
     (out / "manifest.json").write_text(manifest_text[: len(manifest_text) // 2])  # half-written manifest
     broken("not valid JSON")
-    (out / "manifest.json").unlink()  # embeddings written, manifest never was: an interrupted first run
-    broken("half-written index")
 
-    # `miniclip index` says so and rebuilds from scratch
+    # a miniclip manifest (by its format key, even cut short): `miniclip index` says so and rebuilds from scratch
     assert main(["index", str(photos), "--out", str(out), "--weights", weights]) == 0
     captured = capsys.readouterr()
     assert "rebuilt from scratch" in captured.err and "7 embedded" in captured.out
