@@ -15,6 +15,7 @@ The index is a directory::
 
     manifest.json             what the rows are: files (path, size, mtime), model fingerprint, checksums
     embeddings-<hash>.npy     float32 [N, E], row i = normalized embedding of files[i]
+    part-<hash>.npy           (while a build runs, or after it was interrupted) checkpointed rows
 
 and it is built so that an interruption never leaves something half-written that gets used:
 
@@ -25,8 +26,24 @@ and it is built so that an interruption never leaves something half-written that
   the manifest is rewritten to list them, marked ``"complete": false``: a killed run loses at most one
   chunk, and re-running the same command picks up where it stopped (an exception or Ctrl-C saves the
   current chunk too);
-- reading checks the manifest's format, every file's size, shape and checksum, and the row count, and
-  names what is wrong instead of returning mismatched rows; ``miniclip index`` rebuilds a damaged index.
+- reading checks the manifest's format, every field's type, every file's size, shape and checksum, and the
+  row count, and names what is wrong instead of returning mismatched rows; ``miniclip index`` rebuilds a
+  damaged index. A manifest is not obeyed blindly: it may name only the index's own file names
+  (``embeddings-<16 hex>.npy``, ``part-<16 hex>.npy``) inside its folder, entries only relative paths inside
+  the indexed folder, and only regular files are read (a FIFO or /dev/zero would block or never end), up
+  to the size the manifest records, with the .npy header checked before any memory is allocated;
+- a folder is an index only if its ``manifest.json`` is a miniclip manifest (its ``format`` key): a build
+  refuses any other non-empty folder, and deletes only files a manifest of the index named. Before writing
+  a data file, a build names it in the manifest's ``pending`` list, so a killed run leaves no file the next
+  run would not know to delete;
+- readers during a build: the manifest is the one switch, and a build deletes the files the previous
+  manifest used only after the new one is in place; a reader that finds a listed file gone reads the new
+  manifest (``load_index``). It gets a whole index: the previous one, a checkpoint (``complete`` false) or
+  the new one.
+
+File names that are not UTF-8 are kept: Python reads them as lone surrogates (PEP 383), which the manifest
+holds as JSON escapes (``"caf\\udce9.png"``). Names are shown escaped on the terminal, on the contact sheet
+and on the page (``terminal.printable``).
 
 Re-running ``miniclip index`` is incremental: a file whose relative path, size and modification time
 (nanoseconds) match the manifest keeps its row; new or changed files are embedded; deleted files are
@@ -54,7 +71,7 @@ from ..errors import BrokenIndexError, ImageError, Locked, MiniclipError
 from ..model import normalize
 from ..preprocess import load_image
 from ..store import atomic_write_bytes, file_lock, npy_bytes, open_regular_file, temporary_target
-from ..terminal import Progress
+from ..terminal import Progress, printable
 from ..tokenizer import tokenize
 from .zeroshot import model_fingerprint
 
@@ -129,7 +146,9 @@ class BuildReport:
 def find_images(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()) -> tuple[list[Entry], int]:
     """Every image file under ``root``, recursively, sorted by relative path, and the number of non-image
     files ignored. Hidden files and folders (names starting with ".") and the ``exclude`` folders (e.g. an
-    index stored inside the folder) are left out; symlinked folders are not followed (no cycles)."""
+    index stored inside the folder) are left out; symlinked folders are not followed (no cycles). A FIFO or a
+    device named like an image is listed too, and reported as unreadable when it is read: load_image refuses
+    anything but a regular file without opening it."""
     root = Path(root)
     if not root.is_dir():
         raise MiniclipError(f"{root}: not a folder")
@@ -366,7 +385,8 @@ def load_index(directory: str | os.PathLike) -> Index:
         if raw is None:
             if _data_files(directory):
                 raise BrokenIndexError(f"{directory}: embeddings files but no {MANIFEST}: not a usable index (the "
-                                       f"manifest was deleted?); delete the folder and build it again with `miniclip index`")
+                                       "manifest was deleted?); delete the folder and build it again with "
+                                       "`miniclip index`")
             raise BrokenIndexError(f"{directory}: not a miniclip index (no {MANIFEST})")
         try:
             return _load(directory, raw, hint)
@@ -669,7 +689,8 @@ def _href(image: Path, page: Path) -> str:
         rel = os.path.relpath(image.resolve(), page.resolve().parent)
     except ValueError:  # another drive on Windows
         return image.resolve().as_uri()
-    return urllib.parse.quote(Path(rel).as_posix())
+    # Quoted from the name's bytes: a name that is not UTF-8 (b"caf\xe9.png") links to itself as %E9.
+    return urllib.parse.quote(os.fsencode(Path(rel).as_posix()))
 
 
 def write_html(results: Sequence[tuple[Path, float]], out: str | os.PathLike, title: str) -> None:
@@ -677,13 +698,13 @@ def write_html(results: Sequence[tuple[Path, float]], out: str | os.PathLike, ti
     out = Path(out)
     cells = "\n".join(
         f'<figure><a href="{_href(p, out)}"><img src="{_href(p, out)}" loading="lazy"></a>'
-        f"<figcaption><b>{rank}.</b> {score:.4f}<br>{html.escape(str(p))}</figcaption></figure>"
+        f"<figcaption><b>{rank}.</b> {score:.4f}<br>{html.escape(printable(str(p)))}</figcaption></figure>"
         for rank, (p, score) in enumerate(results, start=1))
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html><head><meta charset="utf-8"><title>{html.escape(printable(title))}</title>
 <style>body{{font-family:sans-serif}} figure{{display:inline-block;width:220px;margin:6px;vertical-align:top}}
 img{{max-width:220px;max-height:220px}} figcaption{{font-size:12px;word-break:break-all}}</style></head>
-<body><h1>{html.escape(title)}</h1>
+<body><h1>{html.escape(printable(title))}</h1>
 {cells}
 </body></html>
 """
@@ -692,14 +713,15 @@ img{{max-width:220px;max-height:220px}} figcaption{{font-size:12px;word-break:br
 
 def write_contact_sheet(results: Sequence[tuple[Path, float]], out: str | os.PathLike, title: str,
                         columns: int = 5, cell: int = 160) -> None:
-    """A PNG grid of the result images (thumbnails), each captioned with rank, score and file name."""
+    """A PNG grid of the result images (thumbnails), each captioned with rank, score and file name (drawn as
+    terminal.printable shows it: a newline or control character in a name is drawn escaped)."""
     columns = max(1, min(columns, len(results) or 1))
     rows = max(1, -(-len(results) // columns))
     caption, header, pad = 30, 24, 6
     sheet = Image.new("RGB", (columns * (cell + pad) + pad, header + rows * (cell + caption + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
-    draw.text((pad, 6), _fit(draw, title, font, sheet.width - 2 * pad), fill="black", font=font)
+    draw.text((pad, 6), _fit(draw, printable(title), font, sheet.width - 2 * pad), fill="black", font=font)
     for i, (path, score) in enumerate(results):
         x = pad + (i % columns) * (cell + pad)
         y = header + (i // columns) * (cell + caption + pad)
@@ -711,7 +733,8 @@ def write_contact_sheet(results: Sequence[tuple[Path, float]], out: str | os.Pat
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(220, 220, 220))
             draw.text((x + 6, y + cell // 2), "(unreadable)", fill="black", font=font)
         draw.text((x, y + cell + 2), f"{i + 1}. {score:.4f}", fill="black", font=font)
-        draw.text((x, y + cell + 15), _fit(draw, Path(path).name, font, cell), fill=(80, 80, 80), font=font)
+        draw.text((x, y + cell + 15), _fit(draw, printable(Path(path).name), font, cell), fill=(80, 80, 80),
+                  font=font)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     atomic_write_bytes(out, buffer.getvalue())
