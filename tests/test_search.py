@@ -521,6 +521,14 @@ def test_a_crafted_index_is_refused_never_read_outside_and_rebuilt(photos, tmp_p
     assert not os.path.lexists(out / "embeddings-bbbbbbbbbbbbbbbb.npy")
     assert Path("/dev/zero").is_char_device()
 
+    # the manifest itself a device: refused at once, and not taken for an index (nothing to go by)
+    (out / "manifest.json").unlink()
+    (out / "manifest.json").symlink_to("/dev/zero")
+    with pytest.raises(BrokenIndexError, match="manifest.json: cannot be read .a character device"):
+        run_bounded(lambda: load_index(out), seconds=30)
+    assert run_bounded(lambda: main(["index", str(photos), "--out", str(out), "--weights", weights])) == 1
+    assert "holds a manifest.json that is not a miniclip index's" in capsys.readouterr().err
+
 
 def test_names_that_are_not_utf8_or_hold_control_characters(model, photos, tmp_path, checkpoint, capsys):
     """A name that is not UTF-8 is kept (surrogateescape, written as a JSON escape); names reach the terminal,

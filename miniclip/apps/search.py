@@ -567,8 +567,8 @@ def _build_index(model, preprocess, root: Path, out: Path, *, batch_size: int, c
                                             weights=weights, pending=written)
         return state["manifest"]
 
-    def write_rows(prefix: str, rows: np.ndarray) -> dict:
-        data, record = _encode_rows(prefix, rows)
+    def write_rows(prefix: str, block: np.ndarray) -> dict:  # block: [n, E]
+        data, record = _encode_rows(prefix, block)
         if record["file"] not in written:  # named in the manifest (as pending) before it exists
             written.add(record["file"])
             if state["manifest"] is None:  # a new folder: an empty index until the first checkpoint
