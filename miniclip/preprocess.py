@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
+from .store import open_regular_file
 
 __all__ = [
     "CLIP_MEAN",
@@ -248,7 +249,8 @@ def load_image(
 
     Pillow's ``Image.open`` only reads the header, so a corrupt or truncated file would otherwise
     fail later, deep inside preprocessing; ``.load()`` forces the decode here. The image is returned
-    as decoded (any mode); :func:`preprocess` converts it.
+    as decoded (any mode); :func:`preprocess` converts it. A path must name a regular file (symlinks
+    are followed): a folder, FIFO or device is refused without being read, as a FIFO would block forever.
 
     Decompression bombs: Pillow raises ``DecompressionBombError`` above ``2 * Image.MAX_IMAGE_PIXELS``
     but only *warns* (``DecompressionBombWarning``) between the limit and twice the limit; both
@@ -258,6 +260,21 @@ def load_image(
     Pillow. ``max_pixels=None`` means Pillow's own ``Image.MAX_IMAGE_PIXELS``.
     """
     name = _describe(path_or_file)
+    if isinstance(path_or_file, (str, os.PathLike)):
+        # Opened here, not by Pillow, so that a FIFO or a device named `*.png` is refused instead of
+        # blocking the open or reading forever (store.open_regular_file checks before opening).
+        try:
+            file = open_regular_file(path_or_file)
+        except FileNotFoundError as exc:
+            raise ImageError(f"{name}: no such file") from exc
+        except OSError as exc:
+            raise ImageError(f"{name}: cannot read the file: {exc.strerror or exc}") from exc
+        with file:
+            return _decode(file, name, max_pixels)
+    return _decode(path_or_file, name, max_pixels)
+
+
+def _decode(file: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         # `catch_warnings` restores the warning filters on exit, so escalating Pillow's warning to
@@ -268,17 +285,14 @@ def load_image(
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
             else:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check below
-            with Image.open(path_or_file) as image:
+            with Image.open(file) as image:
                 width, height = image.size
                 if limit is not None and width * height > limit:
                     raise ImageError(_bomb_message(name, width, height, limit))
-                # The `with` closes the file only if Pillow opened it (a path), never a caller's
-                # file object; the decoded pixels stay in `image`.
+                # Pillow never closes a file object it was given; the decoded pixels stay in `image`.
                 image.load()
     except ImageError:
         raise
-    except FileNotFoundError as exc:
-        raise ImageError(f"{name}: no such file") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not an image file Pillow can identify") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -287,7 +301,7 @@ def load_image(
         ) from exc
     except OSError as exc:
         # Pillow signals truncated or corrupt data with OSError ("image file is truncated",
-        # "broken data stream", ...); a directory or an unreadable file lands here too.
+        # "broken data stream", ...).
         raise ImageError(f"{name}: cannot read or decode the image (truncated or corrupt?): {exc}") from exc
     except (ValueError, SyntaxError, EOFError, IndexError, TypeError, ZeroDivisionError) as exc:
         # Some of Pillow's format plugins report malformed data with these instead of OSError.

@@ -12,6 +12,8 @@ writes.
 - `atomic_writer` / `atomic_write_bytes`: readers see the old file or the complete new one, never a partial
   write; the temporary file has a fresh random name, created exclusively, so two writers never share one and
   a symlink planted in its place is never followed.
+- `open_regular_file`: open a file for reading only if it is a regular file: a FIFO or a device given a
+  file's name (`photo.png`, `/dev/zero`) would block or never end.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -74,7 +78,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     # A fresh random name opened with "x" (O_CREAT | O_EXCL): two writers never share a temporary file, and
     # a symlink planted at the name makes the open fail instead of being followed. Unlike tempfile.mkstemp's
     # private 0600 files, the result gets the permissions the user's umask gives any new file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")  # see temporary_target
     f = open(tmp, "xb")  # noqa: SIM115  (closed below, before the rename)
     try:
         with f:
@@ -92,6 +96,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see `atomic_writer`)."""
     with atomic_writer(path) as f:
         f.write(data)
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.[0-9]+\.[0-9a-f]{16}\.tmp")
+
+
+def temporary_target(name: str) -> str | None:
+    """The name of the file that `name` was the temporary file of, if `name` is one atomic_write_bytes makes
+    (`.<name>.<pid>.<random>.tmp`), else None. Such a file stays behind only when its writer was killed."""
+    match = _TEMPORARY.fullmatch(name)
+    return match.group(1) if match else None
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -142,3 +156,36 @@ def file_lock(path: str | os.PathLike, *, wait: bool, on_wait: Callable[[str], N
             return
         finally:
             f.close()  # closing releases the lock
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular_file(path: str | os.PathLike) -> io.BufferedReader:
+    """Open `path` for reading in binary mode, but only if it is a regular file (symlinks followed).
+
+    Opening a FIFO blocks until a writer appears and reading a device such as /dev/zero never ends, so a
+    file name alone (`photo.png`, `embeddings-....npy`) is not trusted: the path is checked with `stat`
+    before it is opened (a FIFO or device is never opened), then opened with O_NONBLOCK (a FIFO put there
+    meanwhile cannot block the open) and checked again on the open descriptor. Raises FileNotFoundError or
+    another OSError; one that is not a regular file gives an OSError whose message says what it is."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise OSError(f"{_kind(mode)}, not a regular file")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{_kind(mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # no effect on a regular file's reads; restored for tidiness
+        return open(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise

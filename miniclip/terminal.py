@@ -1,5 +1,5 @@
 """What a person sees on the terminal: the one progress bar (downloads, index builds, embedding many files),
-plain-text tables, human-readable sizes."""
+plain-text tables, human-readable sizes, file names with their control characters escaped."""
 
 from __future__ import annotations
 
@@ -24,6 +24,33 @@ def format_size(n: float) -> str:
 def display_width(text: str) -> int:
     """Columns `text` takes on a terminal: wide (CJK, most emoji) characters take two, combining marks none."""
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """`text` (a file name, a query) safe to print on a terminal or draw on an image: control characters
+    (`\\r`, `\\n`, the ESC of escape sequences `\\x1b`), line and paragraph separators and invisible format
+    characters (right-to-left overrides `\\u202e`) are shown escaped, and a byte of a file name that was not
+    valid UTF-8 (which Python keeps as a lone surrogate, PEP 383 "surrogateescape") as `\\xe9`. Letters of
+    every script, emoji (with their zero-width joiners) and spaces are unchanged."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        category = unicodedata.category(c)
+        if category not in ("Cc", "Cs", "Cf", "Zl", "Zp") or c == "\u200d":
+            out.append(c)
+        elif c in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[c])
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        elif 0xDC80 <= ord(c) <= 0xDCFF:  # surrogateescape's stand-in for the byte ord(c) - 0xDC00
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        else:
+            out.append(f"\\u{ord(c):04x}")
+    return "".join(out)
 
 
 def ljust(text: str, width: int) -> str:

@@ -1,4 +1,5 @@
-"""One process at a time: two index builds into one folder, two downloads of one file."""
+"""One process at a time: two index builds into one folder, two downloads of one file; readers of an index
+while a build replaces it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from miniclip.apps.search import LOCK_FILE, build_index
+from miniclip.apps.search import LOCK_FILE, build_index, load_index
 from miniclip.errors import MiniclipError
 from miniclip.hub import download as hub
 from miniclip.store import Locked, file_lock
@@ -92,3 +96,64 @@ def test_second_download_of_a_file_waits_then_uses_the_first_ones(tmp_path, monk
     thread.join(timeout=30)
     assert result["path"] == directory / "model.safetensors"
     assert sorted(p.name for p in directory.iterdir()) == ["model.safetensors"]  # no lock or .part left
+
+
+class _QuickModel:
+    """A stand-in for CLIP that embeds a 1-colour image as [red, 1, nonce] (normalized): the first two
+    numbers tie each row to its image, the nonce makes every build's embeddings file a new one."""
+
+    config = SimpleNamespace(embed_dim=3)
+    _miniclip_fingerprint = "quick"  # read by model_fingerprint instead of hashing weights
+
+    def __init__(self):
+        self.rng = np.random.default_rng(0)
+
+    def encode_image(self, pixels):  # [B, 1] -> [B, 3]
+        red = pixels[:, 0]
+        return np.stack([red, np.ones_like(red), self.rng.uniform(0.1, 1.0, len(red))], axis=1).astype(np.float32)
+
+
+def test_a_reader_sees_a_whole_index_while_builds_replace_it(tmp_path):
+    """Readers go by the manifest, and a build deletes files only after its new manifest is in place; a reader
+    that loaded the previous manifest finds a listed file gone and reads the new manifest. So a reader never
+    sees a half-written index, and every row it gets belongs to its file. (Before this was fixed, this loop
+    gave "cannot be read" errors, about 1 load in 1000.)"""
+    photos, out = tmp_path / "photos", tmp_path / "idx"
+    photos.mkdir()
+    for i in range(6):
+        Image.new("RGB", (4, 4), (40 * i, 0, 0)).save(photos / f"{i}.png")
+    model = _QuickModel()
+
+    def preprocess(image):
+        return np.array([image.getpixel((0, 0))[0] / 255], np.float32)
+
+    build_index(model, preprocess, photos, out)
+    loads, errors, done = [], [], threading.Event()
+
+    def reader():
+        while not done.is_set() or len(loads) < 3:
+            try:
+                index = load_index(out)
+            except Exception as e:  # BrokenIndexError is what a half-written index gave; anything else is a bug
+                errors.append(f"{type(e).__name__}: {e}")
+                continue
+            for entry, row in zip(index.entries, index.embeddings, strict=True):
+                if abs(row[0] / row[1] - 40 * int(entry.path[0]) / 255) > 1e-5:
+                    errors.append(f"{entry.path}: a row that is not its image's")
+            loads.append(index.complete)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    builds, stop = 0, time.monotonic() + 3.0
+    try:
+        while time.monotonic() < stop or builds < 3:
+            path = photos / f"{builds % 6}.png"  # a newer mtime: that image is embedded again, with a new nonce
+            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns + 1000))
+            build_index(model, preprocess, photos, out, batch_size=1, checkpoint_every=1)
+            builds += 1
+    finally:
+        done.set()
+        thread.join()
+    print(f"{builds} builds, {len(loads)} loads ({loads.count(False)} of a checkpoint), {len(errors)} errors")
+    assert errors == [], errors[:3]
+    assert load_index(out).complete and len(list(out.glob("*.npy"))) == 1

@@ -15,6 +15,7 @@ The index is a directory::
 
     manifest.json             what the rows are: files (path, size, mtime), model fingerprint, checksums
     embeddings-<hash>.npy     float32 [N, E], row i = normalized embedding of files[i]
+    part-<hash>.npy           (while a build runs, or after it was interrupted) checkpointed rows
 
 and it is built so that an interruption never leaves something half-written that gets used:
 
@@ -25,8 +26,24 @@ and it is built so that an interruption never leaves something half-written that
   the manifest is rewritten to list them, marked ``"complete": false``: a killed run loses at most one
   chunk, and re-running the same command picks up where it stopped (an exception or Ctrl-C saves the
   current chunk too);
-- reading checks the manifest's format, every file's size, shape and checksum, and the row count, and
-  names what is wrong instead of returning mismatched rows; ``miniclip index`` rebuilds a damaged index.
+- reading checks the manifest's format, every field's type, every file's size, shape and checksum, and the
+  row count, and names what is wrong instead of returning mismatched rows; ``miniclip index`` rebuilds a
+  damaged index. A manifest is not obeyed blindly: it may name only the index's own file names
+  (``embeddings-<16 hex>.npy``, ``part-<16 hex>.npy``) inside its folder, entries only relative paths inside
+  the indexed folder, and only regular files are read (a FIFO or /dev/zero would block or never end), up
+  to the size the manifest records, with the .npy header checked before any memory is allocated;
+- a folder is an index only if its ``manifest.json`` is a miniclip manifest (its ``format`` key): a build
+  refuses any other non-empty folder, and deletes only files a manifest of the index named. Before writing
+  a data file, a build names it in the manifest's ``pending`` list, so a killed run leaves no file the next
+  run would not know to delete;
+- readers during a build: the manifest is the one switch, and a build deletes the files the previous
+  manifest used only after the new one is in place; a reader that finds a listed file gone reads the new
+  manifest (``load_index``). It gets a whole index: the previous one, a checkpoint (``complete`` false) or
+  the new one.
+
+File names that are not UTF-8 are kept: Python reads them as lone surrogates (PEP 383), which the manifest
+holds as JSON escapes (``"caf\\udce9.png"``). Names are shown escaped on the terminal, on the contact sheet
+and on the page (``terminal.printable``).
 
 Re-running ``miniclip index`` is incremental: a file whose relative path, size and modification time
 (nanoseconds) match the manifest keeps its row; new or changed files are embedded; deleted files are
@@ -40,9 +57,10 @@ import html
 import io
 import json
 import os
+import re
 import sys
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,8 +70,8 @@ from PIL import Image, ImageDraw, ImageFont
 from ..errors import BrokenIndexError, ImageError, Locked, MiniclipError
 from ..model import normalize
 from ..preprocess import load_image
-from ..store import atomic_write_bytes, file_lock, npy_bytes
-from ..terminal import Progress
+from ..store import atomic_write_bytes, file_lock, npy_bytes, open_regular_file, temporary_target
+from ..terminal import Progress, printable
 from ..tokenizer import tokenize
 from .zeroshot import model_fingerprint
 
@@ -128,7 +146,9 @@ class BuildReport:
 def find_images(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()) -> tuple[list[Entry], int]:
     """Every image file under ``root``, recursively, sorted by relative path, and the number of non-image
     files ignored. Hidden files and folders (names starting with ".") and the ``exclude`` folders (e.g. an
-    index stored inside the folder) are left out; symlinked folders are not followed (no cycles)."""
+    index stored inside the folder) are left out; symlinked folders are not followed (no cycles). A FIFO or a
+    device named like an image is listed too, and reported as unreadable when it is read: load_image refuses
+    anything but a regular file without opening it."""
     root = Path(root)
     if not root.is_dir():
         raise MiniclipError(f"{root}: not a folder")
@@ -190,43 +210,199 @@ def iter_image_embeddings(model, preprocess, root: Path, entries: Sequence[Entry
 # Reading and writing the index directory
 # --------------------------------------------------------------------------------------------------
 
+#: The names of the files an index holds besides its manifest: its own names only, plain names inside its
+#: folder. A manifest that names anything else (`/dev/zero`, `../../etc/passwd`) is damaged, not obeyed.
+DATA_FILE = re.compile(r"(embeddings|part)-[0-9a-f]{16}\.npy")
+MAX_EMBED_DIM = 1 << 16  # far above any CLIP's (ViT-bigG: 1280); bounds what a damaged manifest can ask for
+_READ_ATTEMPTS = 8  # see load_index
 
-def _write_rows(directory: Path, prefix: str, rows: np.ndarray) -> dict:
-    """Write rows to ``<prefix>-<content hash>.npy``; returns the manifest's record of that file. The name
+
+def _encode_rows(prefix: str, rows: np.ndarray) -> tuple[bytes, dict]:
+    """Rows as the bytes of ``<prefix>-<content hash>.npy`` and the manifest's record of that file. The name
     depends on the content, so a file a manifest points to is never overwritten by different rows."""
     data = npy_bytes(rows)
     digest = hashlib.sha256(data).hexdigest()
-    name = f"{prefix}-{digest[:16]}.npy"
-    atomic_write_bytes(directory / name, data)
-    return {"file": name, "rows": int(rows.shape[0]), "bytes": len(data), "sha256": digest}
+    return data, {"file": f"{prefix}-{digest[:16]}.npy", "rows": int(rows.shape[0]), "bytes": len(data),
+                  "sha256": digest}
 
 
-def _our_files(directory: Path) -> list[Path]:
-    """Files an index build may have left: embeddings, checkpoint parts, temporary files."""
-    if not directory.is_dir():
+def _data_files(directory: Path) -> list[str]:
+    """Names in ``directory`` that look like an index's data files (for messages: never deleted on looks)."""
+    try:
+        return sorted(p.name for p in directory.iterdir() if DATA_FILE.fullmatch(p.name))
+    except OSError:
         return []
-    return [p for p in directory.iterdir() if p.is_file() and (
-        (p.suffix == ".npy" and p.name.startswith(("embeddings-", "part-")))
-        or (p.name.startswith(".") and p.name.endswith(".tmp")))]
+
+
+def _manifest_bytes(directory: Path) -> bytes | None:
+    """The manifest's bytes; None when there is none; BrokenIndexError when it is not a regular file."""
+    path = directory / MANIFEST
+    try:
+        with open_regular_file(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise BrokenIndexError(f"{path}: cannot be read ({e.strerror or e})") from e
+
+
+# What _write_manifest writes first: a miniclip manifest is recognised by it even when it is cut short.
+_MANIFEST_START = re.compile(rb'\s*\{\s*"format"\s*:\s*"' + re.escape(FORMAT.encode()) + rb'"')
+
+
+def _is_our_manifest(raw: bytes) -> bool:
+    """Whether ``raw`` is a miniclip index manifest (by its format key), intact or damaged."""
+    if _MANIFEST_START.match(raw):
+        return True
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def _listed_files(raw: bytes | None) -> set[str]:
+    """The data files a manifest names (its embeddings and its pending files), read as leniently as possible:
+    these, and only these, are the files a build may delete."""
+    try:
+        manifest = json.loads(raw) if raw is not None else {}
+    except (ValueError, RecursionError):
+        return set()
+    if not isinstance(manifest, dict):
+        return set()
+    shards, pending = manifest.get("embeddings"), manifest.get("pending")
+    names = [s.get("file") for s in shards if isinstance(s, dict)] if isinstance(shards, list) else []
+    names += pending if isinstance(pending, list) else []
+    return {n for n in names if isinstance(n, str) and DATA_FILE.fullmatch(n)}
+
+
+def _json_bytes(manifest: dict) -> bytes:
+    """The manifest as UTF-8 JSON. A file name that is not valid UTF-8 reaches Python as lone surrogates
+    (PEP 383 "surrogateescape", e.g. b"caf\\xe9.png" -> "caf\\udce9.png"), which UTF-8 cannot encode: they
+    are written as JSON escapes ("\\udce9"), which json.loads turns back into the same name, hence the same
+    bytes on disk. Every other character is written as itself."""
+    text = json.dumps(manifest, indent=1, ensure_ascii=False)
+    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text).encode("utf-8")
+
+
+class _Vanished(Exception):
+    """A file the manifest lists is gone: a build replaced the manifest meanwhile (see load_index)."""
+
+
+def _field(record, key: str, kind: type, where: str):
+    value = record.get(key) if isinstance(record, dict) else None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{where}{key!r} missing or not {'an' if kind is int else 'a'} {kind.__name__}")
+    return value
+
+
+def _relative_path(path: str) -> str:
+    """An entry's path as the manifest must give it: relative, "/"-separated, inside the indexed folder."""
+    parts = path.split("/")
+    if (not path or "\0" in path or any(p in ("", ".", "..") for p in parts)
+            or any(sep in path for sep in (os.sep, os.altsep) if sep and sep != "/")
+            or Path(path).is_absolute() or Path(path).drive):
+        raise ValueError(f"file path {path!r} is not a relative path inside the indexed folder")
+    return path
+
+
+def _parse_manifest(manifest: dict) -> tuple[list[Entry], int, list[dict], Path, str, bool]:
+    """Check every field a reader uses; ValueError naming the first bad one."""
+    if not isinstance(manifest.get("files"), list) or not isinstance(manifest.get("embeddings"), list):
+        raise ValueError("'files' or 'embeddings' missing or not a list")
+    embed_dim = _field(manifest, "embed_dim", int, "")
+    count = _field(manifest, "count", int, "")
+    root, model = Path(_field(manifest, "root", str, "")), _field(manifest, "model", str, "")
+    complete = _field(manifest, "complete", bool, "")
+    if not 1 <= embed_dim <= MAX_EMBED_DIM or count < 0 or not root.is_absolute():
+        raise ValueError(f"embed_dim {embed_dim}, count {count} or root {str(root)!r} out of range")
+    entries = [Entry(_relative_path(_field(f, "path", str, "file ")), _field(f, "size", int, "file "),
+                     _field(f, "mtime_ns", int, "file ")) for f in manifest["files"]]
+    if len({e.path for e in entries}) != len(entries):
+        raise ValueError("a file is listed twice")
+    shards = []
+    for shard in manifest["embeddings"]:
+        name, rows = _field(shard, "file", str, "embeddings "), _field(shard, "rows", int, "embeddings ")
+        size, sha256 = _field(shard, "bytes", int, "embeddings "), _field(shard, "sha256", str, "embeddings ")
+        if not DATA_FILE.fullmatch(name):
+            raise ValueError(f"embeddings file {name!r} is not an index file's name")
+        header = size - rows * embed_dim * 4  # float32 rows after a .npy header of at most 64 KiB
+        if rows < 0 or not 0 < header <= 65536 + 12 or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError(f"embeddings file {name}: {rows} rows, {size} bytes or its checksum out of range")
+        shards.append({"file": name, "rows": rows, "bytes": size, "sha256": sha256})
+    return entries, embed_dim, shards, root, model, complete
+
+
+def _read_shard(directory: Path, shard: dict, embed_dim: int, hint: str) -> np.ndarray:  # -> [rows, E]
+    """One embeddings file, checked against its manifest record before any of it is trusted: a regular file
+    (never a FIFO or a device) of the recorded size, with the recorded checksum, holding a float32 array of
+    the recorded shape: its .npy header is parsed here, never allowed to ask for memory the file does not hold."""
+    path = directory / shard["file"]
+    try:
+        with open_regular_file(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != shard["bytes"]:  # checked before reading: the record bounds what is read
+                raise BrokenIndexError(f"{path}: does not match the checksum in {MANIFEST} ({size} bytes instead "
+                                       f"of {shard['bytes']}: changed or half-written); {hint}")
+            data = f.read(shard["bytes"] + 1)
+    except FileNotFoundError as e:
+        raise _Vanished(path) from e
+    except OSError as e:
+        raise BrokenIndexError(f"{directory}: the manifest refers to {path.name}, which cannot be read "
+                               f"({e.strerror or e}); {hint}") from e
+    if len(data) != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        raise BrokenIndexError(f"{path}: does not match the checksum in {MANIFEST} (changed or half-written); {hint}")
+    buffer = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(buffer)
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, EOFError) as e:
+        raise BrokenIndexError(f"{path}: not a valid .npy file ({e}); {hint}") from e
+    expected = (shard["rows"], embed_dim)
+    if (dtype != np.dtype("<f4") or fortran_order or shape != expected
+            or len(data) - buffer.tell() != 4 * expected[0] * expected[1]):
+        raise BrokenIndexError(f"{path}: holds {dtype} {list(shape)}, the manifest says float32 {list(expected)}; "
+                               f"{hint}")
+    return np.frombuffer(data, dtype="<f4", offset=buffer.tell()).reshape(expected)
 
 
 def load_index(directory: str | os.PathLike) -> Index:
     """Read an index, checking everything the manifest promises: raises :class:`BrokenIndexError`
-    naming the problem if the directory is missing, half-written, or its files do not match."""
+    naming the problem if the directory is missing, half-written, or its files do not match.
+
+    A build running meanwhile is no problem: its manifest is the one switch (replaced atomically, always
+    naming complete files), and it deletes the files an older manifest named only after the new manifest is
+    in place. So a listed file that has vanished means the manifest was replaced since it was read: the
+    new one is read instead (a few times at most), and the index returned is one a manifest described."""
     directory = Path(directory)
     hint = f"rebuild it with `miniclip index DIR --out {directory}`"
     if not directory.is_dir():
         raise BrokenIndexError(f"{directory}: no index there (not a folder); build one with "
                                f"`miniclip index DIR --out {directory}`")
+    for _ in range(_READ_ATTEMPTS):
+        raw = _manifest_bytes(directory)
+        if raw is None:
+            if _data_files(directory):
+                raise BrokenIndexError(f"{directory}: embeddings files but no {MANIFEST}: not a usable index (the "
+                                       "manifest was deleted?); delete the folder and build it again with "
+                                       "`miniclip index`")
+            raise BrokenIndexError(f"{directory}: not a miniclip index (no {MANIFEST})")
+        try:
+            return _load(directory, raw, hint)
+        except _Vanished as gone:
+            if _manifest_bytes(directory) == raw:  # the manifest did not change: the file is really missing
+                raise BrokenIndexError(f"{directory}: the manifest refers to {gone.args[0].name}, which cannot be "
+                                       f"read (no such file); {hint}") from None
+    raise BrokenIndexError(f"{directory}: the index was replaced {_READ_ATTEMPTS} times while being read (a "
+                           "`miniclip index` running in a loop?); try again")
+
+
+def _load(directory: Path, raw: bytes, hint: str) -> Index:
     manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        if _our_files(directory):
-            raise BrokenIndexError(f"{directory}: half-written index: embeddings files but no {MANIFEST} "
-                                   f"(the first `miniclip index` run was interrupted?); {hint}")
-        raise BrokenIndexError(f"{directory}: not a miniclip index (no {MANIFEST})")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; RecursionError: deep nesting
         raise BrokenIndexError(f"{manifest_path}: damaged index manifest, not valid JSON ({e}); {hint}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BrokenIndexError(f"{manifest_path}: not a miniclip index manifest")
@@ -234,40 +410,20 @@ def load_index(directory: str | os.PathLike) -> Index:
         raise BrokenIndexError(f"{manifest_path}: index format version {manifest.get('version')!r}, this "
                                f"miniclip reads version {VERSION}; {hint}")
     try:
-        entries = [Entry(str(f["path"]), int(f["size"]), int(f["mtime_ns"])) for f in manifest["files"]]
-        embed_dim, count = int(manifest["embed_dim"]), int(manifest["count"])
-        shards = list(manifest["embeddings"])
-        root, model, complete = Path(manifest["root"]), str(manifest["model"]), bool(manifest["complete"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise BrokenIndexError(f"{manifest_path}: damaged index manifest (missing or bad field {e}); {hint}") from e
-    if count != len(entries):
-        raise BrokenIndexError(f"{manifest_path}: says {count} images but lists {len(entries)} files; {hint}")
-
-    parts = []
-    for shard in shards:
-        path = directory / str(shard.get("file", ""))
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise BrokenIndexError(f"{directory}: the manifest refers to {path.name}, which cannot be read "
-                                   f"({e.strerror or e}); {hint}") from e
-        if len(data) != shard.get("bytes") or hashlib.sha256(data).hexdigest() != shard.get("sha256"):
-            raise BrokenIndexError(f"{path}: does not match the checksum in {MANIFEST} (changed or "
-                                   f"half-written); {hint}")
-        rows = np.load(io.BytesIO(data), allow_pickle=False)
-        if rows.dtype != np.float32 or rows.ndim != 2 or rows.shape != (shard.get("rows"), embed_dim):
-            raise BrokenIndexError(f"{path}: holds {rows.dtype} {list(rows.shape)}, the manifest says float32 "
-                                   f"[{shard.get('rows')}, {embed_dim}]; {hint}")
-        parts.append(rows)
+        entries, embed_dim, shards, root, model, complete = _parse_manifest(manifest)
+    except ValueError as e:
+        raise BrokenIndexError(f"{manifest_path}: damaged index manifest ({e}); {hint}") from e
+    if len(entries) != manifest["count"] or sum(s["rows"] for s in shards) != len(entries):
+        raise BrokenIndexError(f"{manifest_path}: says {manifest['count']} images, lists {len(entries)} files and "
+                               f"{sum(s['rows'] for s in shards)} embedding rows; {hint}")
+    parts = [_read_shard(directory, shard, embed_dim, hint) for shard in shards]
     embeddings = np.concatenate(parts) if parts else np.zeros((0, embed_dim), np.float32)
-    if embeddings.shape[0] != count:
-        raise BrokenIndexError(f"{directory}: {embeddings.shape[0]} embedding rows for {count} files; {hint}")
-    return Index(directory, root, entries, embeddings, model, complete, manifest)
+    return Index(directory, root, entries, embeddings.astype(np.float32, copy=False), model, complete, manifest)
 
 
 def _write_manifest(directory: Path, *, root: Path, model: str, embed_dim: int, entries: Sequence[Entry],
-                    shards: list[dict], complete: bool, skipped: Sequence[tuple[str, str]], weights: str | None
-                    ) -> dict:
+                    shards: list[dict], complete: bool, skipped: Sequence[tuple[str, str]], weights: str | None,
+                    pending: Iterable[str] = ()) -> dict:
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -280,8 +436,11 @@ def _write_manifest(directory: Path, *, root: Path, model: str, embed_dim: int, 
         "embeddings": shards,
         "files": [{"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns} for e in entries],
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        # Data files a build wrote (or is about to write) that `embeddings` does not use: the next build to
+        # finish deletes them. A build deletes only files a manifest of the folder named here or in `embeddings`.
+        "pending": sorted(set(pending) - {s["file"] for s in shards}),
     }
-    atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    atomic_write_bytes(directory / MANIFEST, _json_bytes(manifest))
     return manifest
 
 
@@ -291,31 +450,56 @@ def _write_manifest(directory: Path, *, root: Path, model: str, embed_dim: int, 
 
 
 def _check_out_folder(out: Path) -> None:
-    """Refuse an --out that is a file, or a folder holding anything but a miniclip index."""
+    """Refuse an --out that is a file, or a folder holding anything but a miniclip index. A folder is an index
+    only if its manifest.json is a miniclip manifest (its format key), never because of its files' names."""
     if not out.exists():
         return
     if not out.is_dir():
         raise MiniclipError(f"{out}: exists and is not a folder; choose another --out")
-    if not (out / MANIFEST).exists() and not _our_files(out):
-        if any(p.name != LOCK_FILE for p in out.iterdir()):
-            raise MiniclipError(f"{out}: an existing folder that is not a miniclip index; refusing to write "
-                                "into it (choose an empty or new --out folder)")
-
-
-def _previous_index(out: Path, model: str, report: BuildReport) -> Index | None:
-    """The existing index at ``out`` if its rows may be reused: it is intact and was built by this model.
-    Otherwise None, with a note saying why. (`build_index` has checked the folder with _check_out_folder.)"""
-    if not (out / MANIFEST).exists() and not _our_files(out):
-        return None
     try:
-        old = load_index(out)
+        raw = _manifest_bytes(out)
+    except BrokenIndexError:
+        raw = b""  # a FIFO, folder or device named manifest.json: not ours
+    if raw is not None and _is_our_manifest(raw):
+        return
+    if raw is not None:
+        raise MiniclipError(f"{out}: holds a {MANIFEST} that is not a miniclip index's; refusing to write into it "
+                            "(choose an empty or new --out folder)")
+    # Empty but for a lock file or a first manifest's temporary file: what a build killed at once leaves.
+    if any(p.name != LOCK_FILE and temporary_target(p.name) != MANIFEST for p in out.iterdir()):
+        raise MiniclipError(f"{out}: an existing folder that is not a miniclip index; refusing to write into it "
+                            "(choose an empty or new --out folder)")
+
+
+def _existing_index(out: Path, report: BuildReport) -> tuple[Index | None, set[str]]:
+    """The index at ``out`` if it is intact (else None, with a note saying why), and the data files its
+    manifest names even if it is damaged. (`build_index` has checked the folder with _check_out_folder.)"""
+    raw = _manifest_bytes(out)
+    if raw is None:
+        return None, set()
+    try:
+        return load_index(out), _listed_files(raw)
     except BrokenIndexError as e:
         report.notes.append(f"the existing index could not be used and is rebuilt from scratch: {e}")
-        return None
-    if old.model != model:
-        report.notes.append("the existing index was built with a different model; every image is re-embedded")
-        return None
-    return old
+        return None, _listed_files(raw)
+
+
+def _remove(out: Path, doomed: set[str], keep: set[str]) -> set[str]:
+    """Delete the data files ``doomed`` (named by a manifest of this folder) and temporary files of ours left
+    by a killed writer; returns the names that could not be deleted."""
+    failed = set()
+    for name in sorted(doomed):
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError:
+            failed.add(name)
+    for path in out.iterdir():
+        if temporary_target(path.name) in doomed | keep | {MANIFEST}:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+    return failed
 
 
 LOCK_FILE = ".miniclip-index.lock"  # held by the one build_index writing a folder
@@ -331,6 +515,8 @@ def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLi
     KeyboardInterrupt) stops the run, so a re-run continues instead of starting over. Unreadable images are
     skipped and listed in the report. ``progress``: draw a bar on stderr (None: only on a terminal).
     A second build into the same ``out`` while one runs is refused (it would interleave their files).
+    ``out`` must be new, empty or an index (its manifest.json a miniclip manifest): any other folder is
+    refused, and a build deletes only files that a manifest of the index named.
     """
     if checkpoint_every < 1:
         raise MiniclipError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
@@ -341,6 +527,7 @@ def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     try:
         with file_lock(out / LOCK_FILE, wait=False):
+            _check_out_folder(out)  # again, now that no other build can be changing it
             return _build_index(model, preprocess, root, out, batch_size=batch_size,
                                 checkpoint_every=checkpoint_every, progress=progress, weights=weights,
                                 on_skip=on_skip)
@@ -356,12 +543,42 @@ def _build_index(model, preprocess, root: Path, out: Path, *, batch_size: int, c
     embed_dim = int(model.config.embed_dim)
     entries, ignored = find_images(root, exclude=[out])
     report = BuildReport(ignored=ignored)
-    old = _previous_index(out, fingerprint, report)
+    current, listed = _existing_index(out, report)
+    old = current
+    if old is not None and old.model != fingerprint:
+        report.notes.append("the existing index was built with a different model; every image is re-embedded")
+        old = None
     previous = dict(zip(old.entries, old.embeddings, strict=True)) if old is not None else {}
 
     rows: dict[Entry, np.ndarray] = {e: previous[e] for e in entries if e in previous}
     todo = [e for e in entries if e not in previous]
     report.reused, report.removed = len(rows), len(previous) - len(rows)
+
+    # The manifest is the one thing readers go by, and every change to the folder is announced in it first:
+    # `written` holds every data file a manifest of this folder has named (the previous index's, and this
+    # run's before each is written), so that a killed run leaves no file that the next one would not know
+    # to delete, and no file that a manifest never named is ever deleted.
+    written = set(listed)
+    state = {"manifest": current.manifest if current is not None else None}
+
+    def publish(entries: Sequence[Entry], shards: list[dict], complete: bool) -> dict:
+        state["manifest"] = _write_manifest(out, root=root, model=fingerprint, embed_dim=embed_dim, entries=entries,
+                                            shards=shards, complete=complete, skipped=report.skipped,
+                                            weights=weights, pending=written)
+        return state["manifest"]
+
+    def write_rows(prefix: str, block: np.ndarray) -> dict:  # block: [n, E]
+        data, record = _encode_rows(prefix, block)
+        if record["file"] not in written:  # named in the manifest (as pending) before it exists
+            written.add(record["file"])
+            if state["manifest"] is None:  # a new folder: an empty index until the first checkpoint
+                publish([], [], complete=False)
+            else:  # the index as it is (whichever model built it), plus the name
+                state["manifest"] = {**state["manifest"], "pending": sorted(written - {
+                    s["file"] for s in state["manifest"]["embeddings"]})}
+                atomic_write_bytes(out / MANIFEST, _json_bytes(state["manifest"]))
+        atomic_write_bytes(out / record["file"], data)
+        return record
 
     # Checkpoints: the rows kept from the previous index go into one part file at the first checkpoint,
     # then each chunk of new rows into its own part file; the manifest lists them all, in row order.
@@ -372,11 +589,10 @@ def _build_index(model, preprocess, root: Path, out: Path, *, batch_size: int, c
     def checkpoint() -> None:
         if not unsaved:
             return
-        shards.append(_write_rows(out, "part", np.stack([rows[e] for e in unsaved])))
+        shards.append(write_rows("part", np.stack([rows[e] for e in unsaved])))
         saved.extend(unsaved)
         unsaved.clear()
-        _write_manifest(out, root=root, model=fingerprint, embed_dim=embed_dim, entries=saved, shards=shards,
-                        complete=False, skipped=report.skipped, weights=weights)
+        publish(saved, shards, complete=False)
 
     bar = Progress("indexing", len(todo), unit="img", enabled=progress)
     batches = 0
@@ -407,27 +623,39 @@ def _build_index(model, preprocess, root: Path, out: Path, *, batch_size: int, c
     final = [e for e in entries if e in rows]  # sorted by path, like a clean build
     if old is not None and old.complete and old.root == root and report.embedded == 0 and report.removed == 0:
         # The rows are exactly the previous index's: keep its files, and only refresh the list of skipped
-        # files if that changed (unreadable files are retried on every run, and they may have been fixed).
+        # files if that changed (unreadable files are retried on every run, and they may have been fixed), or
+        # delete the files a killed build left.
+        kept = old.manifest["embeddings"]
         skipped = [{"path": p, "reason": r} for p, r in report.skipped]
-        if skipped != old.manifest.get("skipped"):
-            old.manifest = _write_manifest(out, root=root, model=fingerprint, embed_dim=embed_dim,
-                                           entries=old.entries, shards=old.manifest["embeddings"], complete=True,
-                                           skipped=report.skipped, weights=weights)
+        if skipped != old.manifest.get("skipped") or written - {s["file"] for s in kept}:
+            publish(old.entries, kept, complete=True)
+            _delete_unused(out, written, kept, report, lambda: publish(old.entries, kept, complete=True))
+            old.manifest = state["manifest"]
         report.index = old
         return report
     embeddings = np.stack([rows[e] for e in final]) if final else np.zeros((0, embed_dim), np.float32)
-    shard = _write_rows(out, "embeddings", embeddings)
-    manifest = _write_manifest(out, root=root, model=fingerprint, embed_dim=embed_dim, entries=final,
-                               shards=[shard], complete=True, skipped=report.skipped, weights=weights)
-    # Only now, with a complete manifest in place, remove what it does not reference.
-    for path in _our_files(out):
-        if path.name != shard["file"]:
-            try:
-                path.unlink()
-            except OSError:
-                pass
-    report.index = Index(out, root, final, embeddings, fingerprint, True, manifest)
+    shard = write_rows("embeddings", embeddings)
+    publish(final, [shard], complete=True)
+    _delete_unused(out, written, [shard], report, lambda: publish(final, [shard], complete=True))
+    report.index = Index(out, root, final, embeddings, fingerprint, True, state["manifest"])
     return report
+
+
+def _delete_unused(out: Path, written: set[str], shards: list[dict], report: BuildReport,
+                   republish: Callable[[], object]) -> None:
+    """With the complete manifest in place, delete the data files ``written`` that it does not use (until
+    then they are in its `pending` list, so a build killed meanwhile leaves nothing unnamed), then rewrite
+    the manifest without them. Readers that still go by the previous manifest re-read it (load_index)."""
+    keep = {s["file"] for s in shards}
+    failed = _remove(out, written - keep, keep)
+    if written - keep:
+        written.intersection_update(keep | failed)
+        republish()
+    if failed:
+        report.notes.append(f"could not delete {', '.join(sorted(failed))} in {out}; the next run tries again")
+    strays = sorted(set(_data_files(out)) - written)
+    if strays:
+        report.notes.append(f"left in place in {out}, as no manifest of this index named them: {', '.join(strays)}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,7 +689,8 @@ def _href(image: Path, page: Path) -> str:
         rel = os.path.relpath(image.resolve(), page.resolve().parent)
     except ValueError:  # another drive on Windows
         return image.resolve().as_uri()
-    return urllib.parse.quote(Path(rel).as_posix())
+    # Quoted from the name's bytes: a name that is not UTF-8 (b"caf\xe9.png") links to itself as %E9.
+    return urllib.parse.quote(os.fsencode(Path(rel).as_posix()))
 
 
 def write_html(results: Sequence[tuple[Path, float]], out: str | os.PathLike, title: str) -> None:
@@ -469,13 +698,13 @@ def write_html(results: Sequence[tuple[Path, float]], out: str | os.PathLike, ti
     out = Path(out)
     cells = "\n".join(
         f'<figure><a href="{_href(p, out)}"><img src="{_href(p, out)}" loading="lazy"></a>'
-        f"<figcaption><b>{rank}.</b> {score:.4f}<br>{html.escape(str(p))}</figcaption></figure>"
+        f"<figcaption><b>{rank}.</b> {score:.4f}<br>{html.escape(printable(str(p)))}</figcaption></figure>"
         for rank, (p, score) in enumerate(results, start=1))
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html><head><meta charset="utf-8"><title>{html.escape(printable(title))}</title>
 <style>body{{font-family:sans-serif}} figure{{display:inline-block;width:220px;margin:6px;vertical-align:top}}
 img{{max-width:220px;max-height:220px}} figcaption{{font-size:12px;word-break:break-all}}</style></head>
-<body><h1>{html.escape(title)}</h1>
+<body><h1>{html.escape(printable(title))}</h1>
 {cells}
 </body></html>
 """
@@ -484,14 +713,15 @@ img{{max-width:220px;max-height:220px}} figcaption{{font-size:12px;word-break:br
 
 def write_contact_sheet(results: Sequence[tuple[Path, float]], out: str | os.PathLike, title: str,
                         columns: int = 5, cell: int = 160) -> None:
-    """A PNG grid of the result images (thumbnails), each captioned with rank, score and file name."""
+    """A PNG grid of the result images (thumbnails), each captioned with rank, score and file name (drawn as
+    terminal.printable shows it: a newline or control character in a name is drawn escaped)."""
     columns = max(1, min(columns, len(results) or 1))
     rows = max(1, -(-len(results) // columns))
     caption, header, pad = 30, 24, 6
     sheet = Image.new("RGB", (columns * (cell + pad) + pad, header + rows * (cell + caption + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
-    draw.text((pad, 6), _fit(draw, title, font, sheet.width - 2 * pad), fill="black", font=font)
+    draw.text((pad, 6), _fit(draw, printable(title), font, sheet.width - 2 * pad), fill="black", font=font)
     for i, (path, score) in enumerate(results):
         x = pad + (i % columns) * (cell + pad)
         y = header + (i // columns) * (cell + caption + pad)
@@ -503,7 +733,8 @@ def write_contact_sheet(results: Sequence[tuple[Path, float]], out: str | os.Pat
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(220, 220, 220))
             draw.text((x + 6, y + cell // 2), "(unreadable)", fill="black", font=font)
         draw.text((x, y + cell + 2), f"{i + 1}. {score:.4f}", fill="black", font=font)
-        draw.text((x, y + cell + 15), _fit(draw, Path(path).name, font, cell), fill=(80, 80, 80), font=font)
+        draw.text((x, y + cell + 15), _fit(draw, printable(Path(path).name), font, cell), fill=(80, 80, 80),
+                  font=font)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     atomic_write_bytes(out, buffer.getvalue())

@@ -19,13 +19,15 @@ from ..apps.search import (
 )
 from ..apps.zeroshot import model_fingerprint
 from ..errors import MiniclipError
+from ..terminal import printable
 from .common import add_model_options, load_model
 
 
 def _display(path: Path) -> str:
-    """A path as the user would type it: relative to the current folder when inside it."""
+    """A path as the user would type it: relative to the current folder when inside it; control characters
+    and bytes that are not UTF-8 shown escaped (terminal.printable), never sent to the terminal."""
     rel = os.path.relpath(path)
-    return path.as_posix() if rel.startswith("..") else Path(rel).as_posix()
+    return printable(path.as_posix() if rel.startswith("..") else Path(rel).as_posix())
 
 
 def cmd_index(args: argparse.Namespace) -> None:
@@ -38,14 +40,14 @@ def cmd_index(args: argparse.Namespace) -> None:
               "command again to continue", file=sys.stderr)
         raise SystemExit(130) from None
     for note in report.notes:
-        print(f"miniclip: note: {note}", file=sys.stderr)
+        print(f"miniclip: note: {printable(note)}", file=sys.stderr)
     index = report.index
     print(f"{args.out}: {len(index.entries)} images ({report.embedded} embedded, {report.reused} unchanged, "
           f"{report.removed} removed or changed since the last run)")
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable file{'s' * (len(report.skipped) != 1)}:")
         for path, reason in report.skipped:
-            print(f"  {path}: {reason}")
+            print(f"  {printable(path)}: {printable(reason)}")
     if not index.entries:
         print(f"miniclip: warning: no readable images under {args.folder} (looked for "
               f"{', '.join(sorted(IMAGE_EXTENSIONS))})", file=sys.stderr)
