@@ -30,8 +30,9 @@ from .hub.download import resolve_source
 from .hub.registry import available_models
 from .model import CLIP
 from .preprocess import preprocess as _preprocess
+from .random_weights import warn_if_random
 from .tokenizer import decode, tokenize
-from .weights import load_weights
+from .weights import find_weights_file, load_weights
 
 __all__ = ["CLIP", "BrokenIndexError", "CLIPConfig", "CudaUnavailableError", "DownloadError", "ImageError",
            "InputError", "Locked", "MiniclipError", "TokenizerError", "WeightsError", "available_models", "decode",
@@ -57,5 +58,7 @@ def load(source: str | os.PathLike, backend: str = "numpy", activation: str | No
     `threads`: threads for the numba kernels (default: NUMBA_NUM_THREADS, i.e. all cores).
     """
     ops = get_backend(backend, threads)
-    params, config = load_weights(resolve_source(source, allow_download=download), activation=activation)
+    weights_file = find_weights_file(resolve_source(source, allow_download=download))
+    params, config = load_weights(weights_file, activation=activation)
+    warn_if_random(weights_file)  # written by `miniclip random-weights`: say so wherever they are used
     return CLIP(params, config, ops), functools.partial(_preprocess, image_size=config.image_size)

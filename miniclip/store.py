@@ -18,7 +18,7 @@ import contextlib
 import io
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the complete new one, never a
     partial write: write a temporary file in the same directory, fsync it, then ``os.replace`` it (an atomic
     rename on POSIX and Windows)."""
+    atomic_write(path, [data])
+
+
+def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> None:
+    """`atomic_write_bytes` for data given in pieces (e.g. the tensors of a checkpoint), never joined in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name opened with "x" (exclusive create): unlike tempfile.mkstemp's private 0600 files, the
@@ -71,7 +76,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
