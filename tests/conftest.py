@@ -3,6 +3,7 @@ printed at the end of the run (the issue asks for the observed worst case to be 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,19 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("miniclip vs PyTorch reference: worst errors observed")
         for key in sorted(WORST):
             terminalreporter.write_line(f"{key:55s} {WORST[key]:.3g}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_miniclip_home(tmp_path_factory):
+    """The tests never write into the real home: caches (GEMM choice, zero-shot classifiers) and downloads go
+    to a temporary $MINICLIP_HOME for the whole session, inherited by the commands the tests start."""
+    home, before = tmp_path_factory.mktemp("miniclip_home"), os.environ.get("MINICLIP_HOME")
+    os.environ["MINICLIP_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("MINICLIP_HOME", None)
+    else:
+        os.environ["MINICLIP_HOME"] = before
 
 
 @pytest.fixture(scope="session")

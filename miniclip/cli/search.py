@@ -118,8 +118,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     for rank, (path, score) in enumerate(results, start=1):
         print(f"{rank:3d}  {score:7.4f}  {_display(path)}{'  (no longer exists)' if path in gone else ''}")
     if gone:
-        print(f"miniclip: warning: {len(gone)} of these image{'s' * (len(gone) != 1)} no longer exist"
-              f"{'s' * (len(gone) == 1)} on disk (moved or deleted since `miniclip index`); re-run it to update "
+        print(f"miniclip: warning: {len(gone)} of these images no longer exist{'s' * (len(gone) == 1)} on disk "
+              "(moved or deleted since `miniclip index`); re-run it to update "
               f"the index", file=sys.stderr)
     if html:
         write_html(results, html, title)
