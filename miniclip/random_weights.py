@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from .config import CLIPConfig
-from .hub.registry import LAYOUTS
 from .safetensors_file import read_metadata, write_safetensors
 from .store import atomic_write_bytes
-from .weights import _HF_BLOCK, _HF_TOP, _HF_TOWERS, _HF_TRANSPOSED, expected_shapes
+from .weights import _FILES, _HF_BLOCK, _HF_TOP, _HF_TOWERS, _HF_TRANSPOSED, expected_shapes
 
 RANDOM_KEY = "miniclip.random_weights"  # in the safetensors header's __metadata__: the seed it was made with
 RANDOM_NOTE = "random weights: outputs are meaningless"
+LAYOUTS = {layout: (weights, config) for weights, (layout, config) in _FILES.items()}  # -> the two file names
 
 
 def _init(name: str, shape: tuple[int, ...]) -> tuple[float, float]:

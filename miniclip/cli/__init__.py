@@ -18,6 +18,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from PIL import Image
+
 from .. import __version__
 from ..errors import MiniclipError
 from . import classify, explain, probe, search, weights
@@ -54,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def show_warning(message, category, filename, lineno, file=None, line=None):
         print(f"miniclip: warning: {for_the_command_line(str(message))}", file=sys.stderr)
 
+    pixel_limit = Image.MAX_IMAGE_PIXELS  # --max-pixels changes it for this run only (main() may run in-process)
     with warnings.catch_warnings():
         warnings.showwarning = show_warning
         try:
@@ -71,4 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (MiniclipError, OSError) as e:
             print(f"miniclip: error: {for_the_command_line(str(e))}", file=sys.stderr)
             return 1
+        finally:
+            Image.MAX_IMAGE_PIXELS = pixel_limit
     return 0

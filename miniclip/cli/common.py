@@ -30,10 +30,11 @@ NO_WEIGHTS_ADVICE = ("e.g. --weights ViT-B-32 (downloaded on first use; `minicli
                      "ViT-B-32 DIR` writes random weights to try every command with")
 
 
-def add_model_options(p: argparse.ArgumentParser, *, batch: bool = True, images: bool = True) -> None:
+def add_model_options(p: argparse.ArgumentParser, *, batch: bool = True, images: bool = True,
+                      weights_help: str = WEIGHTS_HELP) -> None:
     """--weights, --backend, --activation; --batch-size for commands that embed many images; --max-pixels
     for commands that read images."""
-    p.add_argument("--weights", default=os.environ.get(WEIGHTS_ENV), help=WEIGHTS_HELP)
+    p.add_argument("--weights", default=os.environ.get(WEIGHTS_ENV), help=weights_help)
     p.add_argument("--backend", default="numpy", choices=["auto", *BACKENDS], help="ops backend (default: numpy)")
     p.add_argument("--activation", choices=["quick_gelu", "gelu"],
                    help="only for weights without a config file: quick_gelu (OpenAI) or gelu (LAION)")
@@ -93,14 +94,17 @@ def check_images(paths: Sequence[str]) -> None:
             raise MiniclipError(f"{path}: no such file")
 
 
-def check_out(path: str, option: str, suffixes: Sequence[str], inputs: Sequence[str] = ()) -> Path:
-    """An output file the command will write: its extension says its format, its folder exists, and it is
-    not one of the command's inputs. Checked before any work, so a mistake costs nothing."""
+def check_out(path: str, option: str, suffixes: Sequence[str], inputs: Sequence[str] = (),
+              others: str = "") -> Path:
+    """An output file the command will write: its extension says its format (one of `suffixes`, the first
+    named, or `others` in words), its folder exists, and it is not one of the command's inputs. Checked
+    before any work, so a mistake costs nothing."""
     out = Path(path)
     if out.is_dir():
         raise MiniclipError(f"{option} {path}: is a folder; give a file name, e.g. {out / ('out' + suffixes[0])}")
     if out.suffix.lower() not in suffixes:
-        raise MiniclipError(f"{option} {path}: the file name must end in {' or '.join(suffixes)}")
+        named = others or " or ".join(suffixes)
+        raise MiniclipError(f"{option} {path}: the file name must end in {named}")
     if not out.parent.is_dir():
         raise MiniclipError(f"{option} {path}: the folder {out.parent} does not exist")
     for source in inputs:

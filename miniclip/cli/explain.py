@@ -23,7 +23,8 @@ def cmd_explain(args: argparse.Namespace) -> None:
     writable = sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
     suffixes = [".png", *(ext for ext in writable if ext != ".png")]
     check_images([args.image])
-    out = check_out(args.out, "--out", suffixes, inputs=[args.image])
+    out = check_out(args.out, "--out", suffixes, inputs=[args.image],
+                    others=".png (or another picture format Pillow writes: .jpg, .webp, ...)")
     model, preprocess = load_model(args)
     panel, maps = explain(model, preprocess, load_image(args.image), args.text)
     buffer = io.BytesIO()

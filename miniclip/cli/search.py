@@ -21,7 +21,7 @@ from ..apps.search import (
 )
 from ..apps.zeroshot import model_fingerprint
 from ..errors import BrokenIndexError, MiniclipError
-from .common import add_model_options, check_batch_size, check_images, check_out, load_model
+from .common import WEIGHTS_HELP, add_model_options, check_batch_size, check_images, check_out, load_model
 
 
 def _display(path: Path) -> str:
@@ -147,5 +147,5 @@ def add_commands(sub) -> None:
     p.add_argument("--sheet", metavar="OUT.png", help="also write a contact sheet (PNG) of the results")
     p.add_argument("--truncate", action="store_true",
                    help="cut a text query longer than the model's context length (77 tokens) instead of refusing it")
-    add_model_options(p, batch=False)
+    add_model_options(p, batch=False, weights_help=WEIGHTS_HELP[:-1] + ", else the weights the index was built with)")
     p.set_defaults(func=cmd_search)
