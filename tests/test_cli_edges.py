@@ -118,6 +118,13 @@ def test_the_random_note_is_printed_once_per_command(tmp_path, image):
                                str(write_checkpoint(ARCHS["odd_oc"], tmp_path / "plain").parent)).stderr
 
 
+def test_a_converted_copy_of_random_weights_stays_marked(tmp_path, capsys):
+    write_random_weights(ARCHS["odd_oc"].config, tmp_path / "w")
+    assert main(["convert", str(tmp_path / "w"), str(tmp_path / "half")]) == 0
+    assert capsys.readouterr().err.count(RANDOM_NOTE) == 1
+    assert is_random(tmp_path / "half" / "open_clip_model.safetensors")
+
+
 def test_random_weights_are_pointed_to_where_a_newcomer_looks(monkeypatch, capsys, image):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(miniclip.DownloadError, match="miniclip random-weights"):

@@ -126,7 +126,7 @@ def cmd_random_weights(args: argparse.Namespace) -> None:
     if args.activation:
         cfg = replace(cfg, activation=args.activation)
     path = write_random_weights(cfg, args.dir, layout=args.layout, seed=args.seed)
-    size = sum(p.stat().st_size for p in path.parent.iterdir() if p.is_file())
+    size = sum((path.parent / name).stat().st_size for name in LAYOUTS[args.layout])
     print(f"wrote {path} and its config ({format_size(size)}): {args.arch}'s shapes, {args.layout} layout, seed "
           f"{args.seed}; try any command with --weights {path.parent}")
     print(f"miniclip: note: {RANDOM_NOTE}; they exercise every command, for real results see `miniclip models`",
