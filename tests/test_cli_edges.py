@@ -324,6 +324,9 @@ def test_labels_file_gives_the_same_table_as_labels(weights, image, tmp_path, ca
     (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
     assert main(["classify", str(image), "--labels-file", str(tmp_path / "empty.txt"), "--weights", weights]) == 1
     assert "no labels" in one_error_line(capsys.readouterr().err)
+    assert main(["classify", str(image), "--labels-file", str(tmp_path / "nope.txt"), "--weights", weights]) == 1
+    err = one_error_line(capsys.readouterr().err)
+    assert err.endswith(f"error: {tmp_path / 'nope.txt'}: No such file or directory")
     assert main(["classify", str(image), "--labels", "a", "--labels-file", str(tmp_path / "labels.txt"),
                  "--weights", weights]) == 1
     assert "not --labels and --labels-file" in one_error_line(capsys.readouterr().err)

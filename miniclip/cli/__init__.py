@@ -41,6 +41,13 @@ def for_the_command_line(message: str) -> str:
     return message
 
 
+def _describe(e: Exception) -> str:
+    """An error as one line: an operating-system error about a file as "path: reason", not "[Errno 2] ..."."""
+    if isinstance(e, OSError) and not isinstance(e, MiniclipError) and e.strerror and e.filename is not None:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="miniclip", description="CLIP in plain NumPy.")
     parser.add_argument("--version", action="version", version=f"miniclip {__version__}")
@@ -72,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{fresh_line}miniclip: interrupted", file=sys.stderr)
             return 130  # 128 + SIGINT
         except (MiniclipError, OSError) as e:
-            print(f"miniclip: error: {for_the_command_line(str(e))}", file=sys.stderr)
+            print(f"miniclip: error: {for_the_command_line(_describe(e))}", file=sys.stderr)
             return 1
         finally:
             Image.MAX_IMAGE_PIXELS = pixel_limit
