@@ -27,11 +27,12 @@ from .errors import (
     WeightsError,
 )
 from .hub.download import resolve_model
+from .hub.random_weights import warn_if_random
 from .hub.registry import available_models
 from .model import CLIP
 from .preprocess import preprocess as _preprocess
 from .tokenizer import decode, tokenize
-from .weights import load_weights
+from .weights import find_weights_file, load_weights
 
 __all__ = ["CLIP", "BrokenIndexError", "CLIPConfig", "CudaUnavailableError", "DownloadError", "ImageError",
            "InputError", "Locked", "MiniclipError", "TokenizerError", "WeightsError", "available_models", "decode",
@@ -59,5 +60,7 @@ def load(source: str | os.PathLike, backend: str = "numpy", activation: str | No
     """
     ops = get_backend(backend, threads)
     path, activation = resolve_model(source, activation, allow_download=download)
-    params, config = load_weights(path, activation=activation)
+    weights_file = find_weights_file(path)
+    params, config = load_weights(weights_file, activation=activation)
+    warn_if_random(weights_file)  # written by `miniclip random-weights`: say so wherever they are used
     return CLIP(params, config, ops), functools.partial(_preprocess, image_size=config.image_size)

@@ -189,6 +189,8 @@ class CLIP:
                                 f"got {list(images.shape)}{hint}")
         if not np.issubdtype(images.dtype, np.floating):
             raise InputError(f"encode_image expects float pixels from preprocess(), got dtype {images.dtype}")
+        if images.shape[0] == 0:
+            return self._empty(return_hidden)
         rec = Recorder(self.ops) if return_hidden else NO_RECORDER
         pixels = self.ops.to_device(images.astype(np.float32, copy=False))
         features = self.ops.to_host(vision_transformer(pixels, self.params["visual"], self.config, self.ops, rec))
@@ -204,9 +206,16 @@ class CLIP:
                                 f"(from miniclip.tokenize), got {tokens.dtype} {list(tokens.shape)}")
         if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
             raise InputError(f"token ids must lie in [0, {V}), found {tokens.min()}..{tokens.max()}")
+        if tokens.shape[0] == 0:
+            return self._empty(return_hidden)
         rec = Recorder(self.ops) if return_hidden else NO_RECORDER
         features = self.ops.to_host(text_transformer(tokens, self.params, self.config, self.ops, rec))
         return (features, _hidden(rec, self.ops.to_host)) if return_hidden else features
+
+    def _empty(self, return_hidden: bool) -> np.ndarray:  # an empty batch -> [0, E], as NumPy would slice it
+        if return_hidden:
+            raise InputError("return_hidden=True needs at least one image or text; the batch is empty")
+        return np.zeros((0, self.config.embed_dim), np.float32)
 
     def __call__(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits_per_image [B_img, B_txt], logits_per_text [B_txt, B_img]): the cosine similarity of every

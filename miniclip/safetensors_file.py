@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import WeightsError
+from .store import atomic_write
 
 # safetensors dtype name -> NumPy dtype of the stored bytes ("<" = little-endian, as the format requires).
 # bfloat16 has no NumPy dtype: its bytes are the high half of a float32, read as uint16 and widened below.
@@ -36,7 +37,20 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation refuses he
 
 def read_header(path: str | os.PathLike) -> tuple[dict, int, int]:
     """Parse and validate the header. Returns (header without __metadata__, data start, file size)."""
-    path = Path(path)
+    header, data_start, size = _raw_header(Path(path))
+    header.pop("__metadata__", None)
+    for name, info in header.items():
+        _check_entry(Path(path), name, info, size - data_start)
+    return header, data_start, size
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header's optional "__metadata__" (a str -> str map; e.g. {"format": "pt"}), {} when absent."""
+    metadata = _raw_header(Path(path))[0].get("__metadata__")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _raw_header(path: Path) -> tuple[dict, int, int]:  # -> (the header's JSON object, data start, file size)
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -57,11 +71,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int, int]:
         raise WeightsError(f"{path}: not a safetensors file: header is not valid JSON ({e})") from e
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: safetensors header is corrupt: expected a JSON object")
-    header.pop("__metadata__", None)
-    data_start = 8 + n
-    for name, info in header.items():
-        _check_entry(path, name, info, size - data_start)
-    return header, data_start, size
+    return header, 8 + n, size
 
 
 def _check_entry(path: Path, name: str, info: object, data_bytes: int) -> None:
@@ -111,6 +121,30 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
             array = array.copy()  # BLAS wants aligned data; headers padded to 8 bytes never get here
         tensors[name] = array
     return tensors
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` (float64/32/16 or integer NumPy arrays) as a .safetensors file, in the given order,
+    atomically (store.atomic_write: a reader never sees a half-written file). The header is padded with
+    spaces to a multiple of 8 bytes, as the reference writer does, so every float32 tensor can be mapped aligned."""
+    names = {dtype: name for name, dtype in _STORED_DTYPES.items() if name != "BF16"}
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    arrays, offset = [], 0
+    for name, tensor in tensors.items():
+        array = np.asarray(tensor, order="C")  # (np.ascontiguousarray would make a 0-d scalar 1-d)
+        stored = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+        if stored not in names:
+            raise TypeError(f"{name}: cannot store dtype {array.dtype} in safetensors")
+        array = array.astype(stored, copy=False)
+        header[name] = {"dtype": names[stored], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        arrays.append(array)
+        offset += array.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    atomic_write(path, [len(text).to_bytes(8, "little"), text,
+                        *(memoryview(a.reshape(-1)).cast("B") for a in arrays if a.size)])
 
 
 INDEX_SUFFIX = ".safetensors.index.json"  # a sharded checkpoint's index, e.g. model.safetensors.index.json

@@ -24,7 +24,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -94,8 +94,14 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see `atomic_writer`)."""
+    atomic_write(path, [data])
+
+
+def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> None:
+    """`atomic_write_bytes` for data given in pieces (e.g. the tensors of a checkpoint), never joined in memory."""
     with atomic_writer(path) as f:
-        f.write(data)
+        for chunk in chunks:
+            f.write(chunk)
 
 
 _TEMPORARY = re.compile(r"\.(.+)\.[0-9]+\.[0-9a-f]{16}\.tmp")

@@ -1,8 +1,8 @@
 """Seeded random CLIP weights in the real architectures, written in both file layouts.
 
+The values come from the package's one generator, miniclip/hub/random_weights.py (`miniclip random-weights`).
 Used by the fixture generator (tests/make_model_fixtures.py, with PyTorch) and by the tests (without), so
-both see bit-identical weights without committing hundreds of megabytes. The generator is NumPy's legacy
-`RandomState`, whose streams are frozen across NumPy versions, seeded per tensor from its name.
+both see bit-identical weights without committing hundreds of megabytes.
 
 The mapping to transformers names here is written independently of miniclip/weights.py on purpose: the
 fixture generator feeds these files to transformers itself, so a wrong name here fails loudly there.
@@ -11,7 +11,6 @@ fixture generator feeds these files to transformers itself, so a wrong name here
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from miniclip.config import CLIPConfig
-from miniclip.weights import expected_shapes
+from miniclip.hub.random_weights import random_params
 
 
 @dataclass(frozen=True)
@@ -67,39 +66,11 @@ TEXTS = ["a diagram", "a dog", "a cat",
 N_IMAGES = 2
 
 
-def _std(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
-    """(mean, std) per kind of tensor: q/k/v projections large enough that attention is far from uniform
-    (scores of std ~2), so masking and pooling mistakes change the outputs."""
-    fan_in = shape[-1] if len(shape) > 1 else 1
-    if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", "ln_final.weight")):
-        return 1.0, 0.2
-    if name.endswith("in_proj_weight"):
-        return 0.0, 1.5 / np.sqrt(fan_in)
-    if name == "visual.conv1.weight":
-        return 0.0, 1.0 / np.sqrt(np.prod(shape[1:]))
-    if name.endswith("bias"):
-        return 0.0, 0.05
-    if name in ("visual.proj", "text_projection"):
-        return 0.0, 1.0 / np.sqrt(shape[0])
-    if name in ("visual.class_embedding", "token_embedding.weight"):
-        return 0.0, 0.5
-    if name.endswith("positional_embedding"):
-        return 0.0, 0.2
-    return 0.0, 1.0 / np.sqrt(fan_in)
-
-
 def seeded_params(arch: Arch) -> dict[str, np.ndarray]:
-    """The internal representation (OpenAI names and orientation), float32, deterministic in (seed, name)."""
-    params = {}
-    for name, shape in expected_shapes(arch.config).items():
-        if name == "logit_scale":
-            params[name] = np.array(np.log(100.0), dtype=np.float32)  # the trained value, exp = 100
-            continue
-        mean, std = _std(name, shape)
-        rng = np.random.RandomState((arch.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**32)
-        uniform = rng.random_sample(int(np.prod(shape))).astype(np.float32) * 2 - 1  # U(-1, 1), std 1/sqrt 3
-        params[name] = (mean + uniform * np.float32(std * np.sqrt(3.0))).astype(np.float32).reshape(shape)
-    return params
+    """The internal representation (OpenAI names and orientation), float32, deterministic in (seed, name):
+    the package's one generator of random weights (miniclip/hub/random_weights.py), which must stay as it is,
+    since the committed fixtures were computed from its values (test_model_fixtures checks a fingerprint)."""
+    return random_params(arch.config, arch.seed)
 
 
 def seeded_images(arch: Arch) -> np.ndarray:  # [N_IMAGES, 3, S, S], roughly what preprocess() produces

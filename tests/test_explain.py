@@ -95,7 +95,7 @@ def test_explain_command_writes_a_three_panel_png(checkpoint, tmp_path, capsys):
     assert main(["explain", str(image), "--text", "a green square", "--out", str(out),
                  "--weights", str(checkpoint("odd_oc"))]) == 0
     panel = Image.open(out)
-    assert panel.size == (3 * 80 + 20, 80)
+    assert panel.size == (3 * 80 + 20, 16 + 80 + 30)  # titles above, colour scales below
     assert "5x5 patch grid" in capsys.readouterr().out
 
 

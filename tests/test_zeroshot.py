@@ -131,7 +131,7 @@ def test_bad_templates_are_clear_errors(tmp_path, images, checkpoint, capsys):
                  "--weights", str(checkpoint("odd_oc"))]) == 1
     assert "line 2" in capsys.readouterr().err
     assert main(["classify", images[0], "--labels", "a", "--imagenet", "--weights", str(checkpoint("odd_oc"))]) == 1
-    assert "either --labels or --imagenet" in capsys.readouterr().err
+    assert "one of --labels, --labels-file or --imagenet, not --labels and --imagenet" in capsys.readouterr().err
 
 
 def test_imagenet_labels_show_top_5(images, checkpoint, capsys):

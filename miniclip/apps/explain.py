@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .. import tokenize
 from ..model import CLIP, normalize
@@ -72,8 +72,12 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> Image.
     return Image.fromarray(blended.astype(np.uint8))
 
 
+TITLE_HEIGHT, SCALE_HEIGHT, GAP = 16, 30, 10  # pixels: the titles above the panels, the colour scales below
+
+
 def explain(model: CLIP, preprocess, image: Image.Image, text: str) -> tuple[Image.Image, dict]:
-    """A PNG-ready panel [image | patch-text similarity | attention rollout] and the two maps."""
+    """A PNG-ready picture [image | patch-text similarity | attention rollout], each panel titled, the two
+    heat maps with a colour scale from their lowest to their highest value beneath; and the two maps."""
     pixels = preprocess(image)  # [3, S, S]
     text_features = model.encode_text(tokenize([text], model.config.context_length, truncate=True))[0]
     _, hidden = model.encode_image(pixels[None], return_hidden=True)
@@ -81,10 +85,34 @@ def explain(model: CLIP, preprocess, image: Image.Image, text: str) -> tuple[Ima
     rollout = attention_rollout(hidden["attentions"][:, 0])
     S = model.config.image_size
     plain = overlay(pixels, np.zeros((1, 1)), alpha=0.0)
-    panel = Image.new("RGB", (3 * S + 20, S), "white")
-    for i, picture in enumerate([plain, overlay(pixels, similarity), overlay(pixels, rollout)]):
-        panel.paste(picture, (i * (S + 10), 0))
-    return panel, {"similarity": similarity, "rollout": rollout}
+    picture = Image.new("RGB", (3 * S + 2 * GAP, TITLE_HEIGHT + S + SCALE_HEIGHT), "white")
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    panels = [(("image", "image"), plain, None),
+              ((f'cosine similarity to "{text}"', "similarity"), overlay(pixels, similarity), (similarity, "{:.3f}")),
+              (("attention rollout, class token", "rollout"), overlay(pixels, rollout), (rollout, "{:.4f}"))]
+    for i, ((title, short), panel, scale) in enumerate(panels):
+        x = i * (S + GAP)
+        picture.paste(panel, (x, TITLE_HEIGHT))
+        draw.text((x, 2), _fit(draw, title, short, font, S), fill="black", font=font)
+        if scale is not None:  # the colour scale: each map is stretched from its minimum to its maximum
+            values, fmt = scale
+            bar = Image.fromarray(colorize(np.tile(np.linspace(0, 1, S), (8, 1))))
+            picture.paste(bar, (x, TITLE_HEIGHT + S + 4))
+            low, high = fmt.format(values.min()), fmt.format(values.max())
+            draw.text((x, TITLE_HEIGHT + S + 14), low, fill="black", font=font)
+            draw.text((x + S - draw.textlength(high, font=font), TITLE_HEIGHT + S + 14), high, fill="black", font=font)
+    return picture, {"similarity": similarity, "rollout": rollout}
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, short: str, font, width: int) -> str:
+    """`text` if it fits in `width` pixels, else `short`, cut to fit with an ellipsis if need be."""
+    for candidate in (text, short):
+        if draw.textlength(candidate, font=font) <= width:
+            return candidate
+    while short and draw.textlength(short + "...", font=font) > width:
+        short = short[:-1]
+    return short + "..."
 
 
 def trace(model: CLIP, pixels: np.ndarray | None, tokens: np.ndarray | None, out=None) -> None:

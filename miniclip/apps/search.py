@@ -663,8 +663,8 @@ def _delete_unused(out: Path, written: set[str], shards: list[dict], report: Bui
 # --------------------------------------------------------------------------------------------------
 
 
-def embed_text_query(model, text: str) -> np.ndarray:  # -> [E], unit norm
-    return normalize(model.encode_text(tokenize([text], model.config.context_length)))[0]
+def embed_text_query(model, text: str, truncate: bool = False) -> np.ndarray:  # -> [E], unit norm
+    return normalize(model.encode_text(tokenize([text], model.config.context_length, truncate=truncate)))[0]
 
 
 def embed_image_query(model, preprocess, path: str | os.PathLike) -> np.ndarray:  # -> [E], unit norm

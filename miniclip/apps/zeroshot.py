@@ -139,15 +139,15 @@ def prompts_for(classnames: Sequence[str], templates: Sequence[str] | None) -> l
 
 
 def encode_texts(model, texts: Sequence[str], batch_size: int = 256,
-                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:  # -> [N, E]
+                 progress: Callable[[int, int], None] | None = None, truncate: bool = False) -> np.ndarray:  # -> [N, E]
     """Text features (not normalized) of many texts, ``batch_size`` at a time, so 80,000 prompts never
-    become one [80000, 77, D] activation."""
+    become one [80000, 77, D] activation. ``truncate``: as for :func:`miniclip.tokenize`."""
     if batch_size < 1:
         raise MiniclipError(f"batch size must be at least 1, got {batch_size}")
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
-        out.append(model.encode_text(tokenize(list(chunk), model.config.context_length)))
+        out.append(model.encode_text(tokenize(list(chunk), model.config.context_length, truncate=truncate)))
         if progress is not None:
             progress(start + len(chunk), len(texts))
     if not out:
@@ -157,7 +157,8 @@ def encode_texts(model, texts: Sequence[str], batch_size: int = 256,
 
 def zero_shot_classifier(model, classnames: Sequence[str], templates: Sequence[str] | str | None = None, *,
                          batch_size: int = 256, cache: bool | str | os.PathLike = True,
-                         progress: Callable[[int, int], None] | None = None) -> np.ndarray:  # -> [E, C]
+                         progress: Callable[[int, int], None] | None = None,
+                         truncate: bool = False) -> np.ndarray:  # -> [E, C]
     """The zero-shot classifier's weights, float32 [E, C], every column of unit L2 norm.
 
     Column c is the prompt ensemble of class c (section 3.1.4): every template filled in with the class
@@ -169,7 +170,7 @@ def zero_shot_classifier(model, classnames: Sequence[str], templates: Sequence[s
     ``templates`` may also be a name or a file for :func:`load_templates`. ``cache``: True stores the
     result in ``cache_dir() / "zeroshot"``, a path stores it there, False never touches the disk. The cache key is
     a hash of the model's fingerprint and every prompt, so a different model or prompt list never reads a
-    stale entry.
+    stale entry. ``truncate``: cut prompts longer than the context length, as :func:`miniclip.tokenize` does.
     """
     if isinstance(templates, (str, os.PathLike)):
         templates = load_templates(templates)
@@ -181,7 +182,8 @@ def zero_shot_classifier(model, classnames: Sequence[str], templates: Sequence[s
     path = None
     if cache:
         directory = cache_dir() / "zeroshot" if cache is True else Path(cache)
-        key = hashlib.sha256(json.dumps({"format": 1, "model": model_fingerprint(model), "prompts": prompts},
+        cut = {"truncate": True} if truncate else {}  # truncated prompts embed differently (keys without: as before)
+        key = hashlib.sha256(json.dumps({"format": 1, "model": model_fingerprint(model), "prompts": prompts, **cut},
                                         ensure_ascii=False).encode()).hexdigest()[:32]
         path = directory / f"zeroshot-{key}.npy"
         cached = _read_cached(path, (model.config.embed_dim, len(classnames)))
@@ -190,7 +192,7 @@ def zero_shot_classifier(model, classnames: Sequence[str], templates: Sequence[s
 
     flat = [p for class_prompts in prompts for p in class_prompts]
     owner = np.repeat(np.arange(len(classnames)), [len(p) for p in prompts])  # class of each flat prompt
-    embeddings = normalize(encode_texts(model, flat, batch_size, progress))  # [N_prompts, E], unit rows
+    embeddings = normalize(encode_texts(model, flat, batch_size, progress, truncate))  # [N_prompts, E], unit rows
     sums = np.zeros((len(classnames), embeddings.shape[1]), np.float64)
     np.add.at(sums, owner, embeddings)  # per-class sum of unit vectors (mean up to a positive factor)
     means = sums / np.array([len(p) for p in prompts], np.float64)[:, None]

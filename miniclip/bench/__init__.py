@@ -25,20 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ARCHITECTURES, CLIPConfig
-from ..weights import expected_shapes
-
-
-def random_params(cfg: CLIPConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random weights of the right shapes; values do not affect speed (none are denormal)."""
-    rng = np.random.default_rng(seed)
-    params = {}
-    for name, shape in expected_shapes(cfg).items():
-        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", "ln_final.weight")):
-            params[name] = np.ones(shape, np.float32)
-        else:
-            params[name] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
-    params["logit_scale"] = np.array(np.log(100.0), np.float32)
-    return params
+from ..hub.random_weights import config_file, random_params, to_transformers
+from ..safetensors_file import write_safetensors
 
 
 def _tower_flops(T: int, D: int, F: int, layers: int) -> int:
@@ -310,8 +298,6 @@ print(json.dumps({"seconds": t1 - t0, "peak_mib_load": after_load - base,
 
 
 def bench_load(model_name: str) -> list[dict]:
-    from safetensors.numpy import save_file
-
     cfg = ARCHITECTURES[model_name]
     params = random_params(cfg)
     rows = []
@@ -320,9 +306,9 @@ def bench_load(model_name: str) -> list[dict]:
             for dtype in (np.float32, np.float16):
                 tensors = {n: np.array(t, dtype=dtype, order="C") for n, t in params.items()}
                 if layout == "transformers":
-                    tensors = _to_transformers_names(tensors, cfg)
+                    tensors = to_transformers(tensors, cfg)
                 path = Path(tmp) / f"{layout}_{np.dtype(dtype).name}.safetensors"
-                save_file(tensors, str(path))
+                write_safetensors(path, tensors)
                 out = subprocess.run([sys.executable, "-c", _LOAD_CHILD, str(path)], capture_output=True,
                                      text=True, check=True)
                 result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -362,22 +348,11 @@ print(json.dumps({"seconds": seconds, "peak_mib": peak}))
 def bench_cold(model_name: str, contenders: list[str], repeats: int = 3) -> list[dict]:
     """Cold start of each contender from a transformers-layout checkpoint (model.safetensors + config.json,
     as a user downloads it), Numba's cache warm (one untimed run first). Best of `repeats`."""
-    from safetensors.numpy import save_file
-
     cfg = ARCHITECTURES[model_name]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        tensors = _to_transformers_names(random_params(cfg), cfg)
-        save_file(tensors, str(Path(tmp) / "model.safetensors"))
-        config = {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": cfg.embed_dim,
-                  "text_config": {"hidden_size": cfg.text_width, "intermediate_size": cfg.text_mlp_dim,
-                                  "num_attention_heads": cfg.text_heads, "num_hidden_layers": cfg.text_layers,
-                                  "hidden_act": cfg.activation},
-                  "vision_config": {"hidden_size": cfg.vision_width, "intermediate_size": cfg.vision_mlp_dim,
-                                    "num_attention_heads": cfg.vision_heads, "num_hidden_layers": cfg.vision_layers,
-                                    "image_size": cfg.image_size, "patch_size": cfg.patch_size,
-                                    "hidden_act": cfg.activation}}
-        (Path(tmp) / "config.json").write_text(json.dumps(config))
+        write_safetensors(Path(tmp) / "model.safetensors", to_transformers(random_params(cfg), cfg))
+        (Path(tmp) / "config.json").write_text(json.dumps(config_file(cfg, "transformers")))
         for contender in contenders:
             results = []
             for _ in range(repeats + 1):  # the first run warms the page cache and Numba's cache
@@ -408,25 +383,6 @@ def bench_gemm(model_name: str, batches: list[int]) -> list[dict]:
                       for impl, f in gemm.IMPLEMENTATIONS.items()}
             rows.append({"shape": f"{name} [{batch * T}, {K}] x [{K}, {N}]", "batch": batch, **speeds})
     return rows
-
-
-def _to_transformers_names(tensors: dict[str, np.ndarray], cfg: CLIPConfig) -> dict[str, np.ndarray]:
-    """Only for the load benchmark: the inverse of weights.from_transformers, checked by round trip."""
-    from ..weights import _HF_BLOCK, _HF_TOP, _HF_TOWERS, _HF_TRANSPOSED, from_transformers
-
-    out = {hf: tensors[ours] for hf, ours in _HF_TOP.items()}
-    out |= {hf: np.ascontiguousarray(tensors[ours].T) for hf, ours in _HF_TRANSPOSED.items()}
-    for hf_tower, our_tower in _HF_TOWERS.items():
-        layers = cfg.vision_layers if our_tower.startswith("visual") else cfg.text_layers
-        for i in range(layers):
-            for hf, ours in _HF_BLOCK.items():
-                out[f"{hf_tower}.{i}.{hf}"] = tensors[f"{our_tower}.{i}.{ours}"]
-            for kind in ("weight", "bias"):
-                for letter, part in zip("qkv", np.split(tensors[f"{our_tower}.{i}.attn.in_proj_{kind}"], 3),
-                                        strict=True):
-                    out[f"{hf_tower}.{i}.self_attn.{letter}_proj.{kind}"] = np.ascontiguousarray(part)
-    assert from_transformers(out, "round trip").keys() == tensors.keys()
-    return out
 
 
 def machine() -> str:

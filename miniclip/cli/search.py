@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from ..apps.search import (
     IMAGE_EXTENSIONS,
+    MANIFEST,
     build_index,
     embed_image_query,
     embed_text_query,
@@ -18,9 +20,9 @@ from ..apps.search import (
     write_html,
 )
 from ..apps.zeroshot import model_fingerprint
-from ..errors import MiniclipError
+from ..errors import BrokenIndexError, MiniclipError
 from ..terminal import printable
-from .common import add_model_options, load_model
+from .common import WEIGHTS_HELP, add_model_options, check_batch_size, check_images, check_out, load_model
 
 
 def _display(path: Path) -> str:
@@ -31,14 +33,29 @@ def _display(path: Path) -> str:
 
 
 def cmd_index(args: argparse.Namespace) -> None:
+    check_batch_size(args.batch_size)
     model, preprocess = load_model(args)
+    out = Path(args.out)
+    created = not out.exists()
+    # The manifest records the weights, so that `miniclip search` can use them without --weights: a path as
+    # an absolute one (the search may run from another folder), a model name as it is.
+    weights = str(Path(args.weights).expanduser().resolve()) if Path(args.weights).expanduser().exists() \
+        else args.weights
     try:
         report = build_index(model, preprocess, args.folder, args.out, batch_size=args.batch_size,
-                             checkpoint_every=args.checkpoint_every, weights=args.weights)
+                             checkpoint_every=args.checkpoint_every, weights=weights)
     except KeyboardInterrupt:
-        print(f"\nminiclip: interrupted; the images embedded so far are saved in {args.out}: run the same "
-              "command again to continue", file=sys.stderr)
+        if created and _nothing_saved(out):
+            shutil.rmtree(out, ignore_errors=True)
+            print("\nminiclip: interrupted before any image was saved", file=sys.stderr)
+        else:
+            print(f"\nminiclip: interrupted; the images embedded so far are saved in {args.out}: run the same "
+                  "command again to continue", file=sys.stderr)
         raise SystemExit(130) from None
+    except BaseException:
+        if created and _nothing_saved(out):  # a run that failed before its first checkpoint leaves no folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     for note in report.notes:
         print(f"miniclip: note: {printable(note)}", file=sys.stderr)
     index = report.index
@@ -53,12 +70,37 @@ def cmd_index(args: argparse.Namespace) -> None:
               f"{', '.join(sorted(IMAGE_EXTENSIONS))})", file=sys.stderr)
 
 
+def _nothing_saved(out: Path) -> bool:
+    """Whether an index folder this run created holds nothing of value: no manifest with an image in it."""
+    if not out.is_dir():
+        return False
+    try:
+        return not load_index(out).entries
+    except BrokenIndexError:
+        return not (out / MANIFEST).exists()
+
+
 def cmd_search(args: argparse.Namespace) -> None:
-    if (args.query is None) == (args.image is None):
+    if args.query is None and args.image is None:
+        raise MiniclipError('give what to look for: a text ("a dog on a beach") or --image FILE')
+    if args.query is not None and args.image is not None:
         raise MiniclipError('give either a text query ("a dog on a beach") or --image FILE, not both')
+    if args.query is not None and not args.query.strip():
+        raise MiniclipError("the text query is empty")
+    if args.top < 1:
+        raise MiniclipError(f"--top must be at least 1, got {args.top}")
+    html = check_out(args.html, "--html", [".html", ".htm"]) if args.html else None
+    sheet = check_out(args.sheet, "--sheet", [".png"]) if args.sheet else None
+    if args.image is not None:
+        check_images([args.image])
     index = load_index(args.index)  # before loading the model: a broken index fails fast
     if not index.entries:
         raise MiniclipError(f"{args.index}: the index holds no images")
+    if not args.weights:
+        args.weights = index.manifest.get("weights")
+        if not args.weights:
+            raise MiniclipError(f"{args.index} does not record the weights it was built with: pass --weights")
+        print(f"miniclip: using the weights the index was built with: {args.weights}", file=sys.stderr)
     model, preprocess = load_model(args)
     if model_fingerprint(model) != index.model:
         built = index.manifest.get("weights")
@@ -72,18 +114,21 @@ def cmd_search(args: argparse.Namespace) -> None:
     if args.image is not None:
         query, title = embed_image_query(model, preprocess, args.image), f"images like {args.image}"
     else:
-        query, title = embed_text_query(model, args.query), args.query
-    if args.top < 1:
-        raise MiniclipError(f"--top must be at least 1, got {args.top}")
+        query, title = embed_text_query(model, args.query, truncate=args.truncate), args.query
     results = search(index, query, args.top)
+    gone = [path for path, _ in results if not path.exists()]
     for rank, (path, score) in enumerate(results, start=1):
-        print(f"{rank:3d}  {score:7.4f}  {_display(path)}")
-    if args.html:
-        write_html(results, args.html, title)
-        print(f"wrote {args.html}", file=sys.stderr)
-    if args.sheet:
-        write_contact_sheet(results, args.sheet, title)
-        print(f"wrote {args.sheet}", file=sys.stderr)
+        print(f"{rank:3d}  {score:7.4f}  {_display(path)}{'  (no longer exists)' if path in gone else ''}")
+    if gone:
+        print(f"miniclip: warning: {len(gone)} of these images no longer exist{'s' * (len(gone) == 1)} on disk "
+              "(moved or deleted since `miniclip index`); re-run it to update "
+              f"the index", file=sys.stderr)
+    if html:
+        write_html(results, html, title)
+        print(f"wrote {html}", file=sys.stderr)
+    if sheet:
+        write_contact_sheet(results, sheet, title)
+        print(f"wrote {sheet}", file=sys.stderr)
 
 
 def add_commands(sub) -> None:
@@ -102,5 +147,7 @@ def add_commands(sub) -> None:
     p.add_argument("--top", type=int, default=10, metavar="K", help="number of results (default 10)")
     p.add_argument("--html", metavar="OUT.html", help="also write a web page of the results")
     p.add_argument("--sheet", metavar="OUT.png", help="also write a contact sheet (PNG) of the results")
-    add_model_options(p)
+    p.add_argument("--truncate", action="store_true",
+                   help="cut a text query longer than the model's context length (77 tokens) instead of refusing it")
+    add_model_options(p, batch=False, weights_help=WEIGHTS_HELP[:-1] + ", else the weights the index was built with)")
     p.set_defaults(func=cmd_search)

@@ -68,6 +68,8 @@ TOKEN_ENVS = (TOKEN_ENV, "HUGGING_FACE_HUB_TOKEN")  # the second: the older name
 TOKEN_PATH_ENV = "HF_TOKEN_PATH"
 OFFLINE_ENV = "HF_HUB_OFFLINE"
 OFFLINE_ENVS = (OFFLINE_ENV, "TRANSFORMERS_OFFLINE")
+TRY_OFFLINE = ("To try miniclip without downloading: `miniclip random-weights ViT-B-32 DIR` writes random weights "
+               "(meaningless outputs) that every command runs on")
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte from the server before an attempt is abandoned
 DEFAULT_RETRIES = 3  # further attempts after an interrupted transfer, each resuming where the last stopped
@@ -241,7 +243,7 @@ def _request(url: str, method: str, headers: Mapping[str, str], timeout: float):
         raise DownloadError(
             f"cannot reach {_origin(url)[1] or url} ({reason}). Are you offline, or is ${ENDPOINT_ENV} wrong? "
             f"Without a network, download on another machine (`miniclip download NAME`) and copy the folder "
-            f"into {weights_dir()} (or point ${HOME_ENV} at it)") from e
+            f"into {weights_dir()} (or point ${HOME_ENV} at it). {TRY_OFFLINE}") from e
 
 
 def _status_error(status: int, headers: Message, repo: str, filename: str, url: str,
@@ -704,7 +706,8 @@ def not_downloaded_message(name: str, info: ModelInfo | None, cache: Path | None
         f"{' / '.join(weights)} + {config}" for weights, config in LAYOUT_FILES.values())
     return (f"{name} is not downloaded and downloading is off (download=False or ${OFFLINE_ENV}=1): put {files} "
             f"from {hub_endpoint()}/{repo} into {repo_dir(repo, cache)}, e.g. by running `miniclip download {name}` "
-            f"on a machine with a network and copying that folder, or set ${HOME_ENV} to where the files are")
+            f"on a machine with a network and copying that folder, or set ${HOME_ENV} to where the files are. "
+            f"{TRY_OFFLINE}")
 
 
 def _resolve(source, allow_download: bool, progress: bool | None) -> tuple[object, ModelInfo | None]:
