@@ -78,8 +78,14 @@ def is_repo_id(name: str) -> bool:
     return bool(_REPO_ID.match(name)) and not name.endswith(_FILE_SUFFIXES) and ".." not in name
 
 
+def model_dir(info: ModelInfo, cache: Path | None = None) -> Path:
+    """Where a registry model's files are: its folder inside the package if it ships with miniclip, else its
+    hub repo's folder in the cache."""
+    return info.package_dir if info.package_dir is not None else repo_dir(info.repo, cache)
+
+
 def is_downloaded(info: ModelInfo, cache: Path | None = None) -> bool:
-    directory = repo_dir(info.repo, cache)
+    directory = model_dir(info, cache)
     return all((directory / f).is_file() for f in info.files)
 
 
@@ -519,7 +525,7 @@ def local_weights(name: str, cache: Path | None = None) -> Path | None:
     """The weights file of a registry model or hub repo if it is fully on disk, else None."""
     info = lookup(name)
     if info is not None:
-        return repo_dir(info.repo, cache) / info.weights_file if is_downloaded(info, cache) else None
+        return model_dir(info, cache) / info.weights_file if is_downloaded(info, cache) else None
     directory = repo_dir(name, cache)
     for weights_file, _ in LAYOUTS.values():
         if (directory / weights_file).is_file():
@@ -534,6 +540,10 @@ def download(name: str, *, progress: bool | None = None, timeout: float = DEFAUL
     Returns the weights file, which `miniclip.load` accepts. See `download_file` for the arguments."""
     kwargs = dict(progress=progress, timeout=timeout, retries=retries, retry_wait=retry_wait, stream=stream)
     info = lookup(name)
+    if info is not None and info.packaged is not None:
+        if not is_downloaded(info):
+            raise DownloadError(not_downloaded_message(name, info))
+        return model_dir(info) / info.weights_file
     if info is not None:
         directory = repo_dir(info.repo, cache)
         for file in info.files:  # config first: a present weights file then means both are there
@@ -568,6 +578,9 @@ def _offline() -> bool:
 
 
 def not_downloaded_message(name: str, info: ModelInfo | None, cache: Path | None = None) -> str:
+    if info is not None and info.package_dir is not None:
+        return (f"{name} ships with miniclip, but {' + '.join(info.files[::-1])} are missing from "
+                f"{info.package_dir}: reinstall miniclip")
     repo = info.repo if info else name
     files = " + ".join(info.files[::-1]) if info else "open_clip_model.safetensors + open_clip_config.json (or " \
         "model.safetensors + config.json)"

@@ -25,6 +25,7 @@ from ..config import ACTIVATIONS
 from ..errors import MiniclipError
 
 REGISTRY_FILE = Path(__file__).resolve().parent / "models.json"
+PACKAGE_ROOT = REGISTRY_FILE.parent.parent  # miniclip/: "packaged" folders are relative to it
 LAYOUTS = {"open_clip": ("open_clip_model.safetensors", "open_clip_config.json"),
            "transformers": ("model.safetensors", "config.json")}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -35,7 +36,7 @@ class ModelInfo:
     """One published checkpoint: where it lives on the hub and what is known about it."""
 
     name: str
-    repo: str  # hub repo id, "owner/name"
+    repo: str  # hub repo id, "owner/name"; "" for a model that ships inside the package
     layout: str  # "open_clip" or "transformers"
     weights_file: str
     config_file: str
@@ -50,6 +51,11 @@ class ModelInfo:
     aliases: tuple[str, ...] = ()
     description: str = ""
     revision: str = "main"
+    packaged: str | None = None  # a folder of the miniclip package holding the files: nothing to download
+
+    @property
+    def package_dir(self) -> Path | None:
+        return None if self.packaged is None else PACKAGE_ROOT / self.packaged
 
     @property
     def files(self) -> tuple[str, str]:
@@ -65,7 +71,8 @@ def _parse(name: str, d: dict) -> ModelInfo:
                          size_bytes=int(d["size_bytes"]), size_exact=bool(d["size_exact"]), license=d["license"],
                          imagenet_top1=d.get("imagenet_top1"), imagenet_top1_paper=d.get("imagenet_top1_paper"),
                          sha256=dict(d.get("sha256") or {}), aliases=tuple(d.get("aliases") or ()),
-                         description=d.get("description", ""), revision=d.get("revision", "main"))
+                         description=d.get("description", ""), revision=d.get("revision", "main"),
+                         packaged=d.get("packaged"))
     except (KeyError, TypeError, ValueError) as e:
         raise MiniclipError(f"{where}: missing or malformed field {e}") from e
     if info.layout not in LAYOUTS:
@@ -74,7 +81,9 @@ def _parse(name: str, d: dict) -> ModelInfo:
         raise MiniclipError(f"{where}: the {info.layout} layout's files are {LAYOUTS[info.layout]}")
     if info.activation not in ACTIVATIONS:
         raise MiniclipError(f"{where}: activation must be one of {ACTIVATIONS}, got {info.activation!r}")
-    if info.repo.count("/") != 1:
+    if info.packaged is not None and info.repo:
+        raise MiniclipError(f"{where}: a packaged model has no hub repo (repo must be empty)")
+    if info.packaged is None and info.repo.count("/") != 1:
         raise MiniclipError(f"{where}: repo must be 'owner/name', got {info.repo!r}")
     for file, digest in info.sha256.items():
         if file not in info.files or not (digest is None or _SHA256.match(digest)):
@@ -111,7 +120,7 @@ def lookup(name: str) -> ModelInfo | None:
         if key == info.name.lower() or key in (a.lower() for a in info.aliases):
             return info
     for info in models().values():  # a repo id: the first entry wins (open_clip layout, as hub.py prefers)
-        if key == info.repo.lower():
+        if info.repo and key == info.repo.lower():
             return info
     return None
 
@@ -134,7 +143,7 @@ def format_table(downloaded: Mapping[str, bool] | None = None) -> str:
     for info in models().values():
         size = ("" if info.size_exact else "~") + format_size(info.size_bytes)
         top1 = "" if info.imagenet_top1 is None else f"{info.imagenet_top1:.1f}%"
-        rows.append([info.name, info.layout, info.repo, size, top1, info.license])
+        rows.append([info.name, info.layout, info.repo or "(ships with miniclip)", size, top1, info.license])
         if downloaded is not None:
             rows[-1].append("yes" if downloaded.get(info.name) else "")
     if downloaded is not None:
