@@ -223,7 +223,8 @@ def main() -> None:
                   "command": " ".join(["python", "tools/train_shapes.py", *sys.argv[1:]]),
                   "torch": torch.__version__, "open_clip": open_clip.__version__, "threads": 1,
                   "steps": args.steps, "batch": args.batch, "images_seen": args.steps * args.batch,
-                  "wall_seconds": round(time.time() - start), "final": history[-1], "history": history,
+                  "wall_seconds": round(time.time() - start), "cpu_seconds": round(time.process_time()),
+                  "final": history[-1], "history": history,
                   "files": files, "reference": reference}
         SUMMARY.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
