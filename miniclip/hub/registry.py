@@ -11,6 +11,9 @@ so the bare architecture name is OpenAI's CLIP, as in openai/CLIP's `clip.load`,
 ("ViT-B/32", "ViT-L/14@336px") are accepted as aliases, as is open_clip's name + tag ("ViT-B-32-openai").
 Names are matched case-insensitively. A hub repo id (`owner/name`) of a registry entry selects that entry
 (its open_clip-layout one first); other repo ids are handled by miniclip/hub.py.
+
+A model that ships inside the package (`"packaged": "data/shapes"` in models.json, e.g. miniclip-shapes) has
+no hub repo: `download.model_dir` points at that folder, so it loads by name with nothing to download.
 """
 
 from __future__ import annotations
