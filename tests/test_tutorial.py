@@ -1,4 +1,4 @@
-"""docs/tutorial.md runs: every ```bash and ```python block, in order, in an empty folder, on seeded weights.
+"""docs/tutorial.md runs: every ```bash and ```python block, in order, in an empty folder, on miniclip-shapes.
 
 ```bash blocks run with `bash -e -o pipefail`, with `miniclip` and `python` on PATH pointing at this checkout;
 ```python blocks run in one shared namespace, like notebook cells. Blocks marked ```bash norun (or
@@ -21,7 +21,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 TUTORIAL = REPO / "docs" / "tutorial.md"
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.S | re.M)
-PICTURES = {"sheet.png": "search_sheet.png"}  # made by the tutorial -> docs/images/
+PICTURES = {"sheet.png": "search_sheet.png", "explain_star.png": "explain_star.png",
+            "explain_square.png": "explain_square.png"}  # made by the tutorial -> docs/images/
 
 
 def blocks() -> list[tuple[str, str, int]]:
@@ -48,7 +49,7 @@ def test_the_tutorial_has_the_sections_it_promises():
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="the tutorial's shell blocks need bash")
-def test_every_tutorial_block_runs(checkpoint, tmp_path, monkeypatch, capsys):
+def test_every_tutorial_block_runs(tmp_path, monkeypatch, capsys):
     work = tmp_path / "work"
     work.mkdir()
     bin_dir = tmp_path / "bin"
@@ -58,7 +59,7 @@ def test_every_tutorial_block_runs(checkpoint, tmp_path, monkeypatch, capsys):
         shim = bin_dir / name
         shim.write_text(f"#!/bin/sh\n{command}\n")
         shim.chmod(0o755)
-    env = {"MINICLIP_WEIGHTS": str(checkpoint("odd_oc")), "MINICLIP_HOME": str(tmp_path / "home"),
+    env = {"MINICLIP_WEIGHTS": "miniclip-shapes", "MINICLIP_HOME": str(tmp_path / "home"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
     for key, value in env.items():

@@ -100,8 +100,14 @@ def is_repo_id(name: str) -> bool:
     return bool(_REPO_ID.match(name)) and not name.endswith(_FILE_SUFFIXES) and ".." not in name
 
 
+def model_dir(info: ModelInfo, cache: Path | None = None) -> Path:
+    """Where a registry model's files are: its folder inside the package if it ships with miniclip, else its
+    hub repo's folder in the cache."""
+    return info.package_dir if info.package_dir is not None else repo_dir(info.repo, cache)
+
+
 def is_downloaded(info: ModelInfo, cache: Path | None = None) -> bool:
-    directory = repo_dir(info.repo, cache)
+    directory = model_dir(info, cache)
     return all((directory / f).is_file() for f in info.files)
 
 
@@ -631,7 +637,7 @@ def local_weights(name: str, cache: Path | None = None) -> Path | None:
     """The weights file of a registry model or hub repo if it is fully on disk, else None."""
     info = lookup(name)
     if info is not None:
-        return repo_dir(info.repo, cache) / info.weights_file if is_downloaded(info, cache) else None
+        return model_dir(info, cache) / info.weights_file if is_downloaded(info, cache) else None
     directory = repo_dir(name, cache)
     for weights_file in WEIGHTS_FILES:
         if (directory / weights_file).is_file():
@@ -659,6 +665,10 @@ def download(name: str, *, progress: bool | None = None, timeout: float = DEFAUL
     kwargs = dict(progress=progress, timeout=timeout, retries=retries, retry_wait=retry_wait, deadline=deadline,
                   stream=stream)
     info = lookup(name)
+    if info is not None and info.packaged is not None:  # ships with miniclip: nothing to download
+        if not is_downloaded(info):
+            raise DownloadError(not_downloaded_message(name, info))
+        return model_dir(info) / info.weights_file
     if info is None and not is_repo_id(name):
         raise DownloadError(f"{name!r} is neither a model name (see `miniclip models`) nor a hub repo id "
                             "(owner/name)")
@@ -701,6 +711,9 @@ def _offline() -> bool:
 
 
 def not_downloaded_message(name: str, info: ModelInfo | None, cache: Path | None = None) -> str:
+    if info is not None and info.package_dir is not None:
+        return (f"{name} ships with miniclip, but {' + '.join(info.files[::-1])} are missing from "
+                f"{info.package_dir}: reinstall miniclip")
     repo = info.repo if info else name
     files = " + ".join(info.files[::-1]) if info else " or ".join(
         f"{' / '.join(weights)} + {config}" for weights, config in LAYOUT_FILES.values())

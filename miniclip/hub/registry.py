@@ -16,6 +16,9 @@ Names are matched case-insensitively. A hub repo id (`owner/name`) of a registry
 transformers repos have no model.safetensors on main: their safetensors copies live on the hub's automatic
 conversion pull requests, which the -hf entries pin. `sha256` and `size_bytes` (with `size_exact`) pin what
 public records of the hub give; models.json's `_about` says where they come from.
+
+A model that ships inside the package (`"packaged": "data/shapes"` in models.json, e.g. miniclip-shapes) has
+no hub repo: `download.model_dir` points at that folder, so it loads by name with nothing to download.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ..terminal import format_size, text_table
 from ..weights import LAYOUT_FILES
 
 REGISTRY_FILE = Path(__file__).resolve().parent / "models.json"
+PACKAGE_ROOT = REGISTRY_FILE.parent.parent  # miniclip/: "packaged" folders are relative to it
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -40,7 +44,7 @@ class ModelInfo:
     """One published checkpoint: where it lives on the hub and what is known about it."""
 
     name: str
-    repo: str  # hub repo id, "owner/name"
+    repo: str  # hub repo id, "owner/name"; "" for a model that ships inside the package
     layout: str  # "open_clip" or "transformers"
     weights_file: str
     config_file: str
@@ -55,6 +59,11 @@ class ModelInfo:
     aliases: tuple[str, ...] = ()
     description: str = ""
     revision: str = "main"  # branch, tag, pull-request ref ("refs/pr/15") or commit the files come from
+    packaged: str | None = None  # a folder of the miniclip package holding the files: nothing to download
+
+    @property
+    def package_dir(self) -> Path | None:
+        return None if self.packaged is None else PACKAGE_ROOT / self.packaged
 
     @property
     def files(self) -> tuple[str, str]:
@@ -70,7 +79,8 @@ def _parse(name: str, d: dict) -> ModelInfo:
                          size_bytes=int(d["size_bytes"]), size_exact=bool(d["size_exact"]), license=d["license"],
                          imagenet_top1=d.get("imagenet_top1"), imagenet_top1_paper=d.get("imagenet_top1_paper"),
                          sha256=dict(d.get("sha256") or {}), aliases=tuple(d.get("aliases") or ()),
-                         description=d.get("description", ""), revision=d.get("revision", "main"))
+                         description=d.get("description", ""), revision=d.get("revision", "main"),
+                         packaged=d.get("packaged"))
     except (KeyError, TypeError, ValueError) as e:
         raise MiniclipError(f"{where}: missing or malformed field {e}") from e
     if info.layout not in LAYOUT_FILES:
@@ -81,7 +91,9 @@ def _parse(name: str, d: dict) -> ModelInfo:
                             f"{config_file}")
     if info.activation not in ACTIVATIONS:
         raise MiniclipError(f"{where}: activation must be one of {ACTIVATIONS}, got {info.activation!r}")
-    if info.repo.count("/") != 1:
+    if info.packaged is not None and info.repo:
+        raise MiniclipError(f"{where}: a packaged model has no hub repo (repo must be empty)")
+    if info.packaged is None and info.repo.count("/") != 1:
         raise MiniclipError(f"{where}: repo must be 'owner/name', got {info.repo!r}")
     for file, digest in info.sha256.items():
         if file not in info.files or not (digest is None or _SHA256.match(digest)):
@@ -118,7 +130,7 @@ def lookup(name: str) -> ModelInfo | None:
         if key == info.name.lower() or key in (a.lower() for a in info.aliases):
             return info
     for info in models().values():  # a repo id: the first entry wins (open_clip layout, as hub.py prefers)
-        if key == info.repo.lower():
+        if info.repo and key == info.repo.lower():
             return info
     return None
 
@@ -138,7 +150,7 @@ def format_table(downloaded: Mapping[str, bool] | None = None) -> str:
         size = ("" if info.size_exact else "~") + format_size(info.size_bytes)
         top1 = "" if info.imagenet_top1 is None else f"{info.imagenet_top1:.1f}%"
         repo = info.repo if info.revision == "main" else f"{info.repo}@{info.revision}"
-        rows.append([info.name, info.layout, repo, size, top1, info.license])
+        rows.append([info.name, info.layout, repo or "(ships with miniclip)", size, top1, info.license])
         if downloaded is not None:
             rows[-1].append("yes" if downloaded.get(info.name) else "")
     if downloaded is not None:
