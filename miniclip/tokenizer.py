@@ -215,6 +215,7 @@ class SimpleTokenizer:
         self._bpe_cached = functools.lru_cache(maxsize=1 << 16)(self.bpe)
         # No symbol spans more characters than this (``_bpe_head`` and the length bound in ``_encode``).
         self._longest_symbol = max(len(symbol.removesuffix(END_OF_WORD)) for symbol in vocab)
+        self._merge_products = frozenset("".join(pair) for pair in merges)
 
         # The special tokens must land on the ids every CLIP checkpoint was trained with.
         if len(self.encoder) != VOCAB_SIZE or self.encoder[EOT_TOKEN] != EOT_ID:
@@ -302,7 +303,14 @@ class SimpleTokenizer:
            replaced it (rank ``until``), and the symbol starting at c is some vocabulary symbol ``R``
            that is a prefix of ``word[c:]``. A merge across c needs a pair (L, R) with a rank below
            ``until``. If no such pair exists, nothing ever crosses c: the symbols left of c are final.
-        3. If no boundary past the first ``count`` symbols passes the test, double ``m``; at the end of
+        3. Periodic words ("abab...") fail that test everywhere, but their merges are few, and a cut has
+           a bounded reach: the prefix's merges and the whole word's first differ next to the cut at m,
+           and the difference spreads left one symbol (at most ``_longest_symbol`` characters) per step,
+           each step a merge of higher rank than the step before (a merge's product forms only pairs of
+           higher rank, and the older pairs of lower rank were already merged alike in both). So it
+           stops within ``_longest_symbol`` times (number of distinct merges that occur in the word's
+           first m + ``_longest_symbol`` characters) of the cut; symbols left of that are final.
+        4. If no boundary past the first ``count`` symbols passes either test, double ``m``; at the end of
            the word this is plain ``bpe``.
         """
         n = len(word)
@@ -310,13 +318,27 @@ class SimpleTokenizer:
         while m < n:
             history: dict[int, list[tuple[str, float]]] = {}
             symbols = self._merge(list(word[:m]), history)
+            reach = self._longest_symbol * (self._merges_within(word, m + self._longest_symbol) + 1)
             c = 0
             for k, symbol in enumerate(symbols[:-1], start=1):
                 c += len(symbol)
-                if k >= count and self._never_crossed(word, c, [*history.get(c, ()), (symbol, math.inf)]):
+                if k >= count and (c <= m - reach or self._never_crossed(
+                        word, c, [*history.get(c, ()), (symbol, math.inf)])):
                     return symbols[:count]
             m = min(n, 2 * m)
         return list(self._bpe_cached(word))[:count] if n <= _CACHED_WORD else self.bpe(word)[:count]
+
+    def _merges_within(self, word: str, end: int) -> int:
+        """How many different merges have a product that occurs in ``word[:end]`` (``</w>`` included at
+        the end of the word): an upper bound on the merges any BPE run there can use."""
+        n, longest = len(word), self._longest_symbol
+        found = set()
+        for i in range(min(n, end)):
+            for j in range(i + 2, min(n, end, i + longest) + 1):
+                piece = word[i:j] + (END_OF_WORD if j == n else "")
+                if piece in self._merge_products:
+                    found.add(piece)
+        return len(found)
 
     def _never_crossed(self, word: str, c: int, left_states: list[tuple[str, float]]) -> bool:
         """True if no merge can join a symbol ending at character c of ``word`` (one of ``left_states``,
