@@ -319,7 +319,7 @@ def apply_open_clip_config(cfg: CLIPConfig, config: dict, source: str) -> CLIPCo
             if key == "custom_text" and value is not None:
                 continue  # only a switch for which class open_clip builds; the tensors decide the rest
             if value not in (None, allowed) and not (value in ({}, False) and allowed is None):
-                raise WeightsError(f"{source}: open_clip setting {section}.{key}={value!r} is not supported "
+                raise WeightsError(f"{source}: open_clip setting {section}.{key}={short_repr(value)} is not supported "
                                    f"by miniclip (it implements {allowed!r})")
     head_width = _positive_int(vision, "head_width", HEAD_WIDTH, "vision_cfg.head_width", source)
     quick_gelu = _get(model, "quick_gelu", False)
