@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 HEAD_WIDTH = 64  # every published CLIP ViT-B/L and text tower uses 64-wide heads (ViT-H/g: see config files)
@@ -27,6 +28,25 @@ class CLIPConfig:
     text_mlp_dim: int
     activation: str = "quick_gelu"  # MLP non-linearity: OpenAI's weights use QuickGELU, LAION's exact GELU
     layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (PyTorch's default, used by all CLIPs)
+
+    def __post_init__(self) -> None:
+        """Refuse a config no forward pass could run (ValueError naming the field): the values come from
+        files (config.json, open_clip_config.json, tensor shapes), and a zero, a string or a negative
+        epsilon would otherwise fail deep inside the model, or not at all (a negative epsilon gives NaNs
+        only for some inputs)."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{field.name} must be a positive integer, got {value!r}")
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"layer_norm_eps must be a finite number > 0, got {eps!r}")
+        for tower, width, heads in (("vision", self.vision_width, self.vision_heads),
+                                    ("text", self.text_width, self.text_heads)):
+            if width % heads:
+                raise ValueError(f"{tower} width {width} is not divisible into {heads} heads")
 
     @property
     def grid_size(self) -> int:  # S/P: patches per side

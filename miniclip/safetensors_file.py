@@ -33,6 +33,11 @@ _STORED_DTYPES = {
 }
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation refuses headers over 100 MB too
+# NumPy arrays have at most 64 dimensions (32 before NumPy 2); CLIP's tensors have at most 4.
+_MAX_DIMS = 32
+# NumPy's limit on an array's size in bytes (a signed 64-bit count), checked with empty dimensions
+# counted as 1 so that [0, 2**63] is refused too: NumPy cannot build that shape even with no data.
+_MAX_ARRAY_BYTES = 2**63 - 1
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, int, int]:
@@ -65,35 +70,65 @@ def _raw_header(path: Path) -> tuple[dict, int, int]:  # -> (the header's JSON o
             raw = f.read(n)
     except OSError as e:
         raise WeightsError(f"{path}: cannot read: {e.strerror or e}") from e
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: not a safetensors file: header is not valid JSON ({e})") from e
+    header = parse_json(raw, f"{path}: not a safetensors file: header is not valid JSON")
     if not isinstance(header, dict):
-        raise WeightsError(f"{path}: safetensors header is corrupt: expected a JSON object")
+        raise WeightsError(f"{path}: safetensors header is corrupt: expected a JSON object, "
+                           f"found {type(header).__name__}")
     return header, 8 + n, size
 
 
+def parse_json(raw: bytes | str, problem: str) -> object:
+    """JSON from a file miniclip did not write, or WeightsError starting with `problem`. Besides invalid
+    UTF-8 and JSON syntax this catches what a crafted file can make `json.loads` raise: ValueError for an
+    integer of over 4300 digits (Python's limit on converting them) and RecursionError for arrays or
+    objects nested thousands deep."""
+    try:
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except RecursionError:
+        raise WeightsError(f"{problem} (nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        raise WeightsError(f"{problem} ({e})") from None
+
+
 def _check_entry(path: Path, name: str, info: object, data_bytes: int) -> None:
-    bad = f"{path}: safetensors header is corrupt: tensor {name!r}"
+    bad = f"{path}: safetensors header is corrupt: tensor {short_repr(name)}"
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
         raise WeightsError(f"{bad} lacks dtype/shape/data_offsets")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise WeightsError(f"{bad} has shape {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1]):
-        raise WeightsError(f"{bad} has data_offsets {offsets!r}")
+    if not isinstance(dtype, str):
+        raise WeightsError(f"{bad} has dtype {short_repr(dtype)}: expected a name such as \"F32\"")
     if dtype not in _STORED_DTYPES:
-        raise WeightsError(f"{path}: tensor {name!r} has dtype {dtype}, which miniclip does not support "
+        raise WeightsError(f"{path}: tensor {short_repr(name)} has dtype {dtype[:40]}, which miniclip does not support "
                            f"(supported: {', '.join(FLOAT_DTYPES)} for weights)")
+    # bool is an int in Python, so it is refused by name: [true, 2] is no shape.
+    if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+        raise WeightsError(f"{bad} has shape {short_repr(shape)}: expected a list of integers >= 0")
+    if len(shape) > _MAX_DIMS:
+        raise WeightsError(f"{bad} has {len(shape)} dimensions (at most {_MAX_DIMS} are possible)")
+    if math.prod(max(d, 1) for d in shape) * _STORED_DTYPES[dtype].itemsize > _MAX_ARRAY_BYTES:
+        raise WeightsError(f"{bad} has shape {short_repr(shape)}, too large for any array")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise WeightsError(f"{bad} has data_offsets {short_repr(offsets)}: "
+                           "expected [begin, end] with 0 <= begin <= end")
     if offsets[1] > data_bytes:
-        raise WeightsError(f"{path}: file is truncated: tensor {name!r} ends at data byte {offsets[1]} "
+        raise WeightsError(f"{path}: file is truncated: tensor {short_repr(name)} ends at data byte {offsets[1]} "
                            f"but the file holds only {data_bytes} data bytes")
     expected = math.prod(shape) * _STORED_DTYPES[dtype].itemsize
     if offsets[1] - offsets[0] != expected:
         raise WeightsError(f"{bad}: {dtype} {shape} needs {expected} bytes, "
                            f"data_offsets span {offsets[1] - offsets[0]}")
+
+
+def _is_count(value: object) -> bool:
+    """An integer >= 0 from JSON (bool, which Python counts as an int, is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def short_repr(value: object, width: int = 80) -> str:
+    """repr of a header value, cut for error messages (a crafted header may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -156,9 +191,10 @@ def read_index(path: str | os.PathLike) -> dict[str, Path]:
     the index: a shard name with a directory part is refused rather than followed."""
     path = Path(path)
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = path.read_bytes()
+    except OSError as e:
         raise WeightsError(f"{path}: cannot read the shard index: {e}") from e
+    index = parse_json(raw, f"{path}: cannot read the shard index: not valid JSON")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise WeightsError(f"{path}: a shard index needs a non-empty \"weight_map\" object "

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import functools
 import gzip
+import heapq
 import html
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -82,6 +84,9 @@ EOT_ID = VOCAB_SIZE - 1  # 49407
 
 #: Marks the last symbol of a word; decoding turns it back into a space.
 END_OF_WORD = "</w>"
+
+#: BPE results of words up to this many characters (bytes) are cached; longer words are rare.
+_CACHED_WORD = 256
 
 #: The pre-tokenizer of openai/CLIP and open_clip, character for character (only the special-token
 #: spelling differs between the two, see above). Alternatives are tried left to right at each position:
@@ -205,8 +210,12 @@ class SimpleTokenizer:
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {char: byte for byte, char in self.byte_encoder.items()}
         # The same words recur constantly ("a", "photo", "of"), and BPE on a long word is the slow
-        # part, so remember recent results (the references use an unbounded dict instead).
+        # part, so remember recent results (the references use an unbounded dict instead); only for
+        # words of up to _CACHED_WORD characters, so that the cache's memory stays bounded.
         self._bpe_cached = functools.lru_cache(maxsize=1 << 16)(self.bpe)
+        # No symbol spans more characters than this (``_bpe_head`` and the length bound in ``_encode``).
+        self._longest_symbol = max(len(symbol.removesuffix(END_OF_WORD)) for symbol in vocab)
+        self._merge_products = frozenset("".join(pair) for pair in merges)
 
         # The special tokens must land on the ids every CLIP checkpoint was trained with.
         if len(self.encoder) != VOCAB_SIZE or self.encoder[EOT_TOKEN] != EOT_ID:
@@ -224,34 +233,147 @@ class SimpleTokenizer:
         Start from single characters, the last one marked ``</w>``. Then repeat: among all adjacent
         pairs, find the one with the lowest merge rank; replace each occurrence of it, scanning left
         to right without overlap, by the joined symbol. Stop when no adjacent pair is a learned merge
-        or one symbol is left. This is the GPT-2 algorithm that openai/CLIP's ``bpe`` implements.
+        or one symbol is left. This is the GPT-2 algorithm that openai/CLIP's ``bpe`` implements;
+        ``_merge`` computes the same result in O(n log n) instead of O(n^2) for a word of n characters.
         """
-        symbols = [*word[:-1], word[-1] + END_OF_WORD]
-        while len(symbols) > 1:
-            best = min(pairwise(symbols), key=lambda pair: self.bpe_ranks.get(pair, np.inf))
-            if best not in self.bpe_ranks:
-                break  # no adjacent pair was ever merged in training
-            first, second = best
-            merged: list[str] = []
-            i = 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            symbols = merged
-        return tuple(symbols)
+        return tuple(self._merge([*word[:-1], word[-1] + END_OF_WORD]))
+
+    def _merge(self, symbols: list[str], history: dict[int, list[tuple[str, float]]] | None = None) -> list[str]:
+        """BPE-merge ``symbols`` (one per character) in place; return the resulting symbols.
+
+        The references rescan the whole word once per merge applied, which is quadratic: a word of
+        64k letters (one pre-token: the regex does not split letters) took 45 s. Here every adjacent
+        pair with a rank waits in a heap ordered by (rank, position), and the symbols form a linked
+        list, so each merge costs O(log n). Popping in that order performs the references' merges in
+        the references' order: they apply ranks in increasing order, each rank's occurrences left to
+        right, and a merge of rank r never creates a pair of rank <= r, because in CLIP's merges file
+        every merge's two halves are single bytes or products of earlier lines (checked by
+        ``tests/test_tokenizer.py``). A heap entry whose pair has changed since it was pushed is
+        skipped: symbols only grow, so a changed pair never becomes the same pair again.
+
+        Symbol i spans characters ``[i, next[i])``. When ``history`` is given, it collects for every
+        end position the earlier symbols that ended there and the rank of the merge that replaced them
+        (``_bpe_head`` needs them).
+        """
+        n = len(symbols)
+        ranks = self.bpe_ranks
+        nxt = list(range(1, n + 1))  # n marks the end of the word
+        prv = list(range(-1, n - 1))
+        heap = [(rank, i) for i, pair in enumerate(pairwise(symbols)) if (rank := ranks.get(pair)) is not None]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            left = symbols[i]
+            j = nxt[i]
+            if left is None or j == n or ranks.get((left, symbols[j])) != rank:
+                continue  # stale: symbol i was absorbed into its left neighbour, or a neighbour changed
+            merged = left + symbols[j]
+            k = nxt[j]
+            if history is not None:
+                history.setdefault(k, []).append((symbols[j], rank))
+            symbols[i], symbols[j] = merged, None
+            nxt[i] = k
+            if k < n:
+                prv[k] = i
+                if (new_rank := ranks.get((merged, symbols[k]))) is not None:
+                    heapq.heappush(heap, (new_rank, i))
+            h = prv[i]
+            if h >= 0 and (new_rank := ranks.get((symbols[h], merged))) is not None:
+                heapq.heappush(heap, (new_rank, h))
+        out = []
+        i = 0
+        while i < n:
+            out.append(symbols[i])
+            i = nxt[i]
+        return out
+
+    def _bpe_head(self, word: str, count: int, start: int = 256) -> list[str]:
+        """The first ``count`` symbols of ``bpe(word)`` (all of them if it has fewer), without merging
+        all of a long word.
+
+        ``bpe`` of a pre-token of a megabyte (one run of letters) takes seconds even at O(n log n), and
+        truncation needs only its first few symbols. BPE is not local in general (a merge can cascade
+        from the end of a word to its start), so prefixes are used only where it is *proven* that no
+        merge ever crosses a boundary c, i.e. that characters ``[0, c)`` come out as they would alone:
+
+        1. Merge a prefix of ``m`` characters alone (no ``</w>``). Each boundary c between its
+           resulting symbols was never crossed, so the part left of c evolved as it would alone.
+        2. In the whole word, nothing can cross c before something does, so until then the symbol
+           ending at c goes through the same states ``L`` as in step 1, each alive until the merge that
+           replaced it (rank ``until``), and the symbol starting at c is some vocabulary symbol ``R``
+           that is a prefix of ``word[c:]``. A merge across c needs a pair (L, R) with a rank below
+           ``until``. If no such pair exists, nothing ever crosses c: the symbols left of c are final.
+        3. Periodic words ("abab...") fail that test everywhere, but their merges are few, and a cut has
+           a bounded reach: the prefix's merges and the whole word's first differ next to the cut at m,
+           and the difference spreads left one symbol (at most ``_longest_symbol`` characters) per step,
+           each step a merge of higher rank than the step before (a merge's product forms only pairs of
+           higher rank, and the older pairs of lower rank were already merged alike in both). So it
+           stops within ``_longest_symbol`` times (number of distinct merges that occur in the word's
+           first m + ``_longest_symbol`` characters) of the cut; symbols left of that are final.
+        4. If no boundary past the first ``count`` symbols passes either test, double ``m``; at the end of
+           the word this is plain ``bpe``.
+        """
+        n = len(word)
+        m = min(n, start)
+        while m < n:
+            history: dict[int, list[tuple[str, float]]] = {}
+            symbols = self._merge(list(word[:m]), history)
+            reach = self._longest_symbol * (self._merges_within(word, m + self._longest_symbol) + 1)
+            c = 0
+            for k, symbol in enumerate(symbols[:-1], start=1):
+                c += len(symbol)
+                if k >= count and (c <= m - reach or self._never_crossed(
+                        word, c, [*history.get(c, ()), (symbol, math.inf)])):
+                    return symbols[:count]
+            m = min(n, 2 * m)
+        return list(self._bpe_cached(word))[:count] if n <= _CACHED_WORD else self.bpe(word)[:count]
+
+    def _merges_within(self, word: str, end: int) -> int:
+        """How many different merges have a product that occurs in ``word[:end]`` (``</w>`` included at
+        the end of the word): an upper bound on the merges any BPE run there can use."""
+        n, longest = len(word), self._longest_symbol
+        found = set()
+        for i in range(min(n, end)):
+            for j in range(i + 2, min(n, end, i + longest) + 1):
+                piece = word[i:j] + (END_OF_WORD if j == n else "")
+                if piece in self._merge_products:
+                    found.add(piece)
+        return len(found)
+
+    def _never_crossed(self, word: str, c: int, left_states: list[tuple[str, float]]) -> bool:
+        """True if no merge can join a symbol ending at character c of ``word`` (one of ``left_states``,
+        each alive until a rank) with a symbol starting there; see ``_bpe_head``."""
+        n = len(word)
+        rights = []
+        for end in range(c + 1, min(n, c + self._longest_symbol) + 1):
+            candidate = word[c:end] + (END_OF_WORD if end == n else "")
+            if candidate in self.encoder:
+                rights.append(candidate)
+        for left, until in left_states:
+            for right in rights:
+                rank = self.bpe_ranks.get((left, right))
+                if rank is not None and rank < until:
+                    return False
+        return True
 
     # ---- text <-> ids ---------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of one text, without the start/end tokens (like ``SimpleTokenizer.encode``)."""
+        return self._encode(text, limit=None)
+
+    def _encode(self, text: str, limit: int | None, exact: bool = True) -> list[int]:
+        """``encode``, stopping early: with a ``limit``, at most ``limit + 1`` ids are returned, so
+        more than ``limit`` ids means the text has more (the rest is never computed). With
+        ``exact=False`` those ``limit + 1`` ids are placeholders when a word's length alone shows that
+        the text is too long (only the count is wanted then)."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes a str, got {type(text).__name__}")
         ids: list[int] = []
-        for piece in PRETOKENIZE_PATTERN.findall(clean_text(text)):
+        for match in PRETOKENIZE_PATTERN.finditer(clean_text(text)):
+            if limit is not None and len(ids) > limit:
+                break
+            piece = match.group()
             if piece in self.special_ids:  # a literal "<start_of_text>" / "<end_of_text>" in the text
                 ids.append(self.special_ids[piece])
                 continue
@@ -262,9 +384,15 @@ class SimpleTokenizer:
                     f"text {_preview(text)} is not valid Unicode ({e.reason}); install ftfy to repair it"
                 ) from None
             chars = "".join(self.byte_encoder[b] for b in utf8)
-            ids.extend(self.encoder[symbol] for symbol in self._bpe_cached(chars))
+            if limit is None:
+                symbols = self._bpe_cached(chars) if len(chars) <= _CACHED_WORD else self.bpe(chars)
+            else:
+                wanted = limit + 1 - len(ids)
+                if not exact and -(-len(chars) // self._longest_symbol) >= wanted:
+                    return ids + [EOT_ID] * wanted  # at least len(chars) / longest symbol ids: too many
+                symbols = self._bpe_head(chars, wanted)
+            ids.extend(self.encoder[symbol] for symbol in symbols)
         return ids
-
     def decode(self, ids: Iterable[int] | np.ndarray, skip_special_tokens: bool = True) -> str:
         """Text of a sequence of ids: every ``</w>`` becomes a space between words.
 
@@ -312,13 +440,15 @@ class SimpleTokenizer:
         context_length = _check_context_length(context_length)
         result = np.zeros((len(text_list), context_length), dtype=np.int64)  # 0 = padding
         for row, text in enumerate(text_list):
-            ids = [SOT_ID, *self.encode(text), EOT_ID]
+            # Encoding stops as soon as the ids no longer fit: a megabyte of text costs no more than
+            # what fits in the row (plus cleaning, which is linear).
+            ids = [SOT_ID, *self._encode(text, limit=context_length - 2, exact=truncate), EOT_ID]
             if len(ids) > context_length:
                 if not truncate:
                     raise TokenizerError(
-                        f"text {row} ({_preview(text)}) is {len(ids)} tokens long including the start "
-                        f"and end tokens, more than context_length={context_length}; shorten it or pass "
-                        "truncate=True"
+                        f"text {row} ({_preview(text)}) is at least {len(ids)} tokens long including the "
+                        f"start and end tokens, more than context_length={context_length}; shorten it or "
+                        "pass truncate=True"
                     )
                 # openai/CLIP: keep the first context_length ids, then overwrite the last with the end
                 # token, because the text encoder reads its output at the end token's position.

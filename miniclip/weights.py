@@ -10,7 +10,7 @@ config. Nothing outside this module knows about Hugging Face names.
 
 from __future__ import annotations
 
-import json
+import math
 import re
 import warnings
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import ACTIVATIONS, HEAD_WIDTH, CLIPConfig
 from .errors import WeightsError
-from .safetensors_file import INDEX_SUFFIX, read_checkpoint, release
+from .safetensors_file import INDEX_SUFFIX, parse_json, read_checkpoint, release, short_repr
 
 # ---------------------------------------------------------------------------------------------------
 # The internal representation
@@ -102,13 +102,13 @@ def infer_config(params: dict[str, np.ndarray], activation: str) -> CLIPConfig:
     grid = round((n_positions - 1) ** 0.5)
     if grid * grid + 1 != n_positions:
         raise WeightsError(f"visual.positional_embedding has {n_positions} positions: not 1 + a square grid")
-    return CLIPConfig(
+    return _config("the tensors", dict(
         embed_dim=embed_dim, image_size=grid * patch_size, patch_size=patch_size,
         vision_width=vision_width, vision_layers=layers("visual.transformer.resblocks"),
         vision_heads=max(1, vision_width // HEAD_WIDTH), vision_mlp_dim=vision_mlp,
         context_length=context_length, vocab_size=vocab_size, text_width=text_width,
         text_layers=layers("transformer.resblocks"), text_heads=max(1, text_width // HEAD_WIDTH),
-        text_mlp_dim=text_mlp, activation=activation)
+        text_mlp_dim=text_mlp, activation=activation))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -226,17 +226,56 @@ def _get(d: dict, key: str, default):
     return default if value is None else value
 
 
+# Config files are checked value by value: a crafted or broken file must give a WeightsError naming the
+# key, never a ZeroDivisionError or an AttributeError from deep inside, nor a model that loads silently.
+
+def _section(d: dict, key: str, source: str, default: dict | None = None) -> dict:
+    """The object d[key] ({} or `default` when absent or null); WeightsError when it is not an object."""
+    value = d.get(key)
+    if value is None:
+        return {} if default is None else default
+    if not isinstance(value, dict):
+        raise WeightsError(f"{source}: {key} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _positive_int(d: dict, key: str, default: int, name: str, source: str) -> int:
+    """d[key] as an integer >= 1 (bool and 3.0 are refused: JSON writers emit integers as such)."""
+    value = _get(d, key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise WeightsError(f"{source}: {name}={short_repr(value)} must be an integer >= 1")
+    return value
+
+
+def _string(d: dict, key: str, default: str, name: str, source: str) -> str:
+    value = _get(d, key, default)
+    if not isinstance(value, str):
+        raise WeightsError(f"{source}: {name}={short_repr(value)} must be a string")
+    return value
+
+
+def _epsilon(d: dict, key: str, name: str, source: str) -> float:
+    """A LayerNorm epsilon: a finite number > 0 (a negative one makes some variances negative: NaNs)."""
+    value = _get(d, key, 1e-5)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise WeightsError(f"{source}: {name}={short_repr(value)} must be a finite number > 0")
+    return float(value)
+
+
 def _check_agrees(name: str, config_value, cfg_value, what: str, source: str) -> None:
     if config_value is not None and config_value != cfg_value:
-        raise WeightsError(f"{source}: config says {name}={config_value} but the tensors give {what}={cfg_value}")
+        raise WeightsError(f"{source}: config says {name}={short_repr(config_value)} but the tensors give "
+                           f"{what}={cfg_value}")
 
 
 def apply_transformers_config(cfg: CLIPConfig, config: dict, source: str) -> CLIPConfig:
     """config.json of a transformers CLIPModel: heads, activation and epsilon come from it; sizes must
     agree with the tensors. Absent fields take transformers' defaults (CLIPTextConfig/CLIPVisionConfig)."""
-    vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
-    acts = {_get(vision, "hidden_act", "quick_gelu"), _get(text, "hidden_act", "quick_gelu")}
-    eps = {_get(vision, "layer_norm_eps", 1e-5), _get(text, "layer_norm_eps", 1e-5)}
+    vision, text = _section(config, "vision_config", source), _section(config, "text_config", source)
+    acts = {_string(vision, "hidden_act", "quick_gelu", "vision_config.hidden_act", source),
+            _string(text, "hidden_act", "quick_gelu", "text_config.hidden_act", source)}
+    eps = {_epsilon(vision, "layer_norm_eps", "vision_config.layer_norm_eps", source),
+           _epsilon(text, "layer_norm_eps", "text_config.layer_norm_eps", source)}
     if len(acts) != 1 or len(eps) != 1:
         raise WeightsError(f"{source}: the two towers use different activations/epsilons ({acts}, {eps}): "
                            "miniclip supports one of each")
@@ -251,9 +290,10 @@ def apply_transformers_config(cfg: CLIPConfig, config: dict, source: str) -> CLI
                              ("text_config.num_hidden_layers", text.get("num_hidden_layers"), cfg.text_layers),
                              ("projection_dim", config.get("projection_dim"), cfg.embed_dim)]:
         _check_agrees(key, value, what, key.split(".")[-1], source)
-    return _with(cfg, source, activation=act, layer_norm_eps=float(epsilon),
-                 vision_heads=int(_get(vision, "num_attention_heads", 12)),
-                 text_heads=int(_get(text, "num_attention_heads", 8)))
+    return _with(cfg, source, activation=act, layer_norm_eps=epsilon,
+                 vision_heads=_positive_int(vision, "num_attention_heads", 12, "vision_config.num_attention_heads",
+                                            source),
+                 text_heads=_positive_int(text, "num_attention_heads", 8, "text_config.num_attention_heads", source))
 
 
 def stated_activation(config: dict, layout: str) -> str | None:
@@ -284,17 +324,20 @@ _OPEN_CLIP_FIXED = {
 def apply_open_clip_config(cfg: CLIPConfig, config: dict, source: str) -> CLIPConfig:
     """open_clip_config.json (the hub's {"model_cfg": ...} or a bare model config). As in open_clip's
     `CLIP.__init__`, an absent `quick_gelu` means False, i.e. exact GELU: LAION-trained weights."""
-    model = config.get("model_cfg", config)
-    vision, text = model.get("vision_cfg") or {}, model.get("text_cfg") or {}
+    model = _section(config, "model_cfg", source, default=config)
+    vision, text = _section(model, "vision_cfg", source), _section(model, "text_cfg", source)
     for section, cfg_dict in (("vision_cfg", vision), ("text_cfg", text), ("model_cfg", model)):
         for key, allowed in _OPEN_CLIP_FIXED[section].items():
             value = cfg_dict.get(key)
             if key == "custom_text" and value is not None:
                 continue  # only a switch for which class open_clip builds; the tensors decide the rest
             if value not in (None, allowed) and not (value in ({}, False) and allowed is None):
-                raise WeightsError(f"{source}: open_clip setting {section}.{key}={value!r} is not supported "
+                raise WeightsError(f"{source}: open_clip setting {section}.{key}={short_repr(value)} is not supported "
                                    f"by miniclip (it implements {allowed!r})")
-    head_width = int(_get(vision, "head_width", HEAD_WIDTH))
+    head_width = _positive_int(vision, "head_width", HEAD_WIDTH, "vision_cfg.head_width", source)
+    quick_gelu = _get(model, "quick_gelu", False)
+    if not isinstance(quick_gelu, bool):
+        raise WeightsError(f"{source}: quick_gelu={short_repr(quick_gelu)} must be true or false")
     for key, value, what in [("vision_cfg.width", vision.get("width"), cfg.vision_width),
                              ("vision_cfg.layers", vision.get("layers"), cfg.vision_layers),
                              ("vision_cfg.patch_size", vision.get("patch_size"), cfg.patch_size),
@@ -305,18 +348,21 @@ def apply_open_clip_config(cfg: CLIPConfig, config: dict, source: str) -> CLIPCo
                              ("text_cfg.vocab_size", text.get("vocab_size"), cfg.vocab_size),
                              ("embed_dim", model.get("embed_dim"), cfg.embed_dim)]:
         _check_agrees(key, value, what, key.split(".")[-1], source)
-    return _with(cfg, source, activation="quick_gelu" if model.get("quick_gelu", False) else "gelu",
+    return _with(cfg, source, activation="quick_gelu" if quick_gelu else "gelu",
                  vision_heads=cfg.vision_width // head_width,
-                 text_heads=int(_get(text, "heads", 8)))
+                 text_heads=_positive_int(text, "heads", 8, "text_cfg.heads", source))
 
 
 def _with(cfg: CLIPConfig, source: str, **changes) -> CLIPConfig:
-    new = CLIPConfig(**(cfg.to_dict() | changes))
-    towers = (("vision", new.vision_width, new.vision_heads), ("text", new.text_width, new.text_heads))
-    for tower, width, heads in towers:
-        if heads < 1 or width % heads:
-            raise WeightsError(f"{source}: {tower} width {width} is not divisible into {heads} heads")
-    return new
+    return _config(source, cfg.to_dict() | changes)
+
+
+def _config(source: str, values: dict) -> CLIPConfig:
+    """CLIPConfig(**values), its ValueError (e.g. a width not divisible into the heads) as a WeightsError."""
+    try:
+        return CLIPConfig(**values)
+    except ValueError as e:
+        raise WeightsError(f"{source}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -375,9 +421,10 @@ def load_weights(source: str | Path, activation: str | None = None) -> tuple[dic
     config_file = path.parent / LAYOUT_FILES[layout][1]
     if config_file.is_file():
         try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raw = config_file.read_bytes()
+        except OSError as e:
             raise WeightsError(f"{config_file}: cannot read config: {e}") from e
+        config = parse_json(raw, f"{config_file}: cannot read config: not valid JSON")
         if not isinstance(config, dict):
             raise WeightsError(f"{config_file}: expected a JSON object")
         apply = apply_transformers_config if layout == "transformers" else apply_open_clip_config

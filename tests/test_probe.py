@@ -127,6 +127,59 @@ def test_non_separable_data_reaches_the_optimum():
     assert np.linalg.norm(fit_probe(X, y, C=0.01).W) < np.linalg.norm(probe.W)
 
 
+def newton_probe(X, y, C, K):
+    """The probe's optimum by Newton's method in float64 with the full Hessian (small problems only): an
+    independent solver, converging quadratically to the float64 floor. Returns W and mean-centred b (the
+    objective does not change when one constant is added to every bias, so b is unique up to that)."""
+    n, d = X.shape
+    Z = np.hstack([X, np.ones((n, 1))])  # [n, d + 1]: the bias as a last feature
+    T = np.zeros((d + 1, K))
+    penalty = np.zeros((d + 1, K))
+    penalty[:d] = 1.0 / (C * n)  # the Hessian of ||W||^2 / (2 C n); the bias is not penalized
+    for _ in range(200):
+        loss, gW, gb = logistic_loss(T[:d], T[d], X, y, C)
+        G = np.vstack([gW, gb])
+        z = Z @ T
+        P = np.exp(z - z.max(axis=1, keepdims=True))
+        P /= P.sum(axis=1, keepdims=True)
+        S = P[:, :, None] * np.eye(K) - P[:, :, None] * P[:, None, :]  # [n, K, K] softmax Jacobians
+        H = np.einsum("ia,ib,ikl->akbl", Z, Z, S) / n + np.diag(penalty.ravel()).reshape(d + 1, K, d + 1, K)
+        H = H.reshape((d + 1) * K, (d + 1) * K)
+        step = -np.linalg.lstsq(H, G.ravel(), rcond=None)[0].reshape(d + 1, K)  # singular along b + c 1
+        decrement = -(G * step).sum()  # the Newton decrement squared: f - f* on the quadratic model, x2
+        if decrement < 1e-22:
+            break
+        t = 1.0  # backtracking (Armijo), until f's rounding hides any decrease
+        while logistic_loss(T[:d] + t * step[:d], T[d] + t * step[d], X, y, C)[0] > loss - 1e-4 * t * decrement:
+            t /= 2
+            if t < 1e-6:
+                return T[:d], T[d] - T[d].mean()
+        T = T + t * step
+    return T[:d], T[d] - T[d].mean()
+
+
+@pytest.mark.parametrize("C", [1e-2, 1e4, 1e6])  # the ends of select_C's grid, and where 1e-6 fell short
+@pytest.mark.parametrize("problem", ["separable", "overlapping"])
+def test_probe_is_the_optimum_at_the_ends_of_the_grid(C, problem):
+    rng = np.random.default_rng(0)
+    n, d, K = (120, 10, 4) if problem == "separable" else (600, 6, 3)
+    X = rng.normal(size=(n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)  # unit rows, as CLIP embeddings
+    truth = rng.normal(size=(d, K)) * (4.0 if problem == "separable" else 1.0)
+    y = (X @ truth + rng.gumbel(size=(n, K))).argmax(axis=1)
+    probe = fit_probe(X, y, C)
+    W, b = newton_probe(X, y, C, K)
+    assert probe.result.converged, probe.result.message
+    if problem == "separable" and C >= 1e4:
+        assert (probe.predict(X) == y).all()  # far out along a separating direction, yet finite
+    scale = max(1.0, np.abs(W).max())
+    np.testing.assert_allclose(probe.W, W, rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(probe.b - probe.b.mean(), b, rtol=0, atol=1e-6 * scale)
+    unseen = rng.normal(size=(5000, d))
+    unseen /= np.linalg.norm(unseen, axis=1, keepdims=True)
+    np.testing.assert_array_equal(probe.predict(unseen), (unseen @ W + b).argmax(axis=1))
+
+
 def test_stratified_split():
     y = np.array([0] * 10 + [1] * 4 + [2] * 2 + [3])
     train, test = stratified_split(y, 0.25, seed=5)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import string
 import subprocess
 import sys
 from itertools import pairwise
@@ -117,7 +119,8 @@ def test_truncate_false_accepts_fitting_texts_and_rejects_longer_ones(corpus, re
     too_long = [int(i) for i in checked if lengths[i] > 77]
     assert too_long
     for i in too_long:
-        with pytest.raises(TokenizerError, match=f"{lengths[i]} tokens long"):
+        # Encoding stops once the ids no longer fit, so the message gives a lower bound.
+        with pytest.raises(TokenizerError, match="is at least 78 tokens long"):
             tk.tokenize(corpus[i])
 
 
@@ -130,7 +133,7 @@ def test_exactly_77_fits_and_78_raises(corpus, ref):
     with pytest.raises(TokenizerError) as excinfo:
         tk.tokenize(["a cat", text78])
     message = str(excinfo.value)
-    assert "text 1" in message and "78 tokens" in message and "context_length=77" in message
+    assert "text 1" in message and "at least 78 tokens" in message and "context_length=77" in message
     assert repr(text78[:37] + "...") in message  # a preview of the offending text
     truncated = tk.tokenize(text78, truncate=True)[0]
     assert truncated[-1] == tk.EOT_ID
@@ -298,3 +301,119 @@ def test_vocabulary_is_loaded_lazily():
         "t.tokenize('a'); assert t.default_tokenizer.cache_info().currsize == 1"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=HERE.parent)
+
+
+# ------------------------------------------------------------------------------------------------
+# Long words: BPE in O(n log n), and only as much of a word as fits in the row
+# ------------------------------------------------------------------------------------------------
+
+
+def reference_bpe(tokenizer: tk.SimpleTokenizer, word: str) -> tuple[str, ...]:
+    """openai/CLIP's ``bpe`` (quadratic): the lowest-ranked pair, all its occurrences left to right."""
+    symbols = [*word[:-1], word[-1] + tk.END_OF_WORD]
+    while len(symbols) > 1:
+        best = min(pairwise(symbols), key=lambda pair: tokenizer.bpe_ranks.get(pair, np.inf))
+        if best not in tokenizer.bpe_ranks:
+            break
+        merged, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                merged.append(best[0] + best[1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return tuple(symbols)
+
+
+def random_word(rng: random.Random, alphabet: str, n: int) -> str:
+    return "".join(rng.choices(alphabet, k=n))
+
+
+ALPHABETS = [string.ascii_lowercase, "ab", "a", "ant", "esrtlin", "aeiou", "ing", "!?.", "éü"]
+
+
+def test_merges_build_on_earlier_merges(tokenizer):
+    # Why popping (rank, position) from a heap merges in the reference's order: both halves of every
+    # merge are byte symbols or products of earlier merges, so a merge never creates a pair that
+    # ranks before it; and no two merges make the same symbol.
+    made = {c: -1 for c in tk.bytes_to_unicode().values()}
+    made |= {c + tk.END_OF_WORD: -1 for c in tk.bytes_to_unicode().values()}
+    for (left, right), rank in sorted(tokenizer.bpe_ranks.items(), key=lambda item: item[1]):
+        assert made.get(left, rank) < rank and made.get(right, rank) < rank, (left, right, rank)
+        assert left + right not in made
+        made[left + right] = rank
+
+
+def test_bpe_matches_the_reference_algorithm_on_random_words(tokenizer):
+    rng = random.Random(0)
+    for trial in range(600):
+        alphabet = ALPHABETS[trial % len(ALPHABETS)]
+        if trial % 3:
+            text = random_word(rng, alphabet, rng.choice([1, 2, 3, 7, 30, 120, 300]))
+        else:  # periodic: the boundary test fails everywhere, the bound on a cut's reach decides
+            text = random_word(rng, alphabet, rng.randint(1, 4)) * rng.randint(1, 120)
+        word = "".join(tokenizer.byte_encoder[b] for b in text.encode())
+        expected = reference_bpe(tokenizer, word)
+        assert tokenizer.bpe(word) == expected, word
+        # Prefixes of every size, from a start small enough that many boundaries fail the proofs
+        # (without them, some of these come out wrong).
+        for count in (1, 4, 12):
+            for start in (2, 8):
+                assert tuple(tokenizer._bpe_head(word, count, start=start)) == expected[:count], (word, count, start)
+
+
+@pytest.fixture()
+def merged_characters(tokenizer, monkeypatch) -> list[int]:
+    """Counts the characters that BPE merges (the work) while a test runs."""
+    counted: list[int] = []
+    merge = tokenizer._merge
+
+    def counting_merge(symbols, *args, **kwargs):
+        counted.append(len(symbols))
+        return merge(symbols, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "_merge", counting_merge)
+    return counted
+
+
+def test_a_megabyte_word_is_merged_only_as_far_as_the_row_reaches(merged_characters):
+    letters = random_word(random.Random(1), string.ascii_lowercase, 1 << 20)
+    for word in ("a" * (1 << 20), "ab" * (1 << 19), "onion" * 200_000, letters):
+        merged_characters.clear()  # each word is one pre-token: the regex does not split letters
+        row = tk.tokenize(word, truncate=True)[0]
+        assert sum(merged_characters) < 20_000, word[:10]  # instead of 2**20 (seconds) or more
+        # The first 75 ids are those of the first 2,000 characters taken as a word of their own
+        # under the reference algorithm (fast at that size; the proof in _bpe_head says they must be).
+        expected = [tk.default_tokenizer().encoder[s] for s in reference_bpe(tk.default_tokenizer(), word[:2000])]
+        assert row.tolist() == [tk.SOT_ID, *expected[:75], tk.EOT_ID]
+        # Without truncation the word's length alone shows it cannot fit: no merging at all.
+        merged_characters.clear()
+        with pytest.raises(TokenizerError, match="at least 78 tokens"):
+            tk.tokenize(word)
+        assert merged_characters == []
+
+
+def test_a_64k_letter_word_truncates_as_its_full_merge(tokenizer, merged_characters):
+    word = random_word(random.Random(2), string.ascii_lowercase, 1 << 16)
+    row = tk.tokenize(word, truncate=True)[0]
+    assert sum(merged_characters) < 20_000
+    full = tokenizer.bpe(word)  # the whole word, O(n log n): under a second
+    assert row.tolist() == [tk.SOT_ID, *(tokenizer.encoder[s] for s in full[:75]), tk.EOT_ID]
+    assert tokenizer.encode(word) == [tokenizer.encoder[s] for s in full]
+
+
+def test_a_megabyte_of_words_stops_at_the_row(merged_characters):
+    text = " ".join(["photograph"] * 200_000)
+    with pytest.raises(TokenizerError, match="at least 78 tokens"):
+        tk.tokenize(text)
+    row = tk.tokenize(text, truncate=True)[0]
+    assert len(merged_characters) <= 1  # "photograph" once, then from the cache
+    assert row.tolist() == tk.tokenize(" ".join(["photograph"] * 75))[0].tolist()
+
+
+def test_long_words_are_not_cached(tokenizer):
+    before = tokenizer._bpe_cached.cache_info().currsize
+    tokenizer.encode("x" + "ab" * 2000)
+    assert tokenizer._bpe_cached.cache_info().currsize == before

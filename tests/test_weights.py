@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,3 +299,148 @@ def test_released_file_pages_still_read_back_the_same_values(checkpoint):
     release(t)
     np.testing.assert_array_equal(t, before)
     release(np.zeros(3))  # not a view of a file: nothing happens
+
+
+# --- crafted headers and configs: a WeightsError naming the problem, never a raw exception ----------
+
+def write_header(path, header: bytes | object, data: bytes = b"") -> None:
+    """A safetensors file with `header` (JSON-encoded unless given as bytes) as its header."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def entry(dtype="F32", shape=(2,), offsets=(0, 8)):
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
+
+
+@pytest.mark.parametrize("header, message", [
+    ({"a": entry(shape=[0, 2**63], offsets=[0, 0])}, r"shape \[0, 9223372036854775808\], too large for any array"),
+    ({"a": entry(shape=[2**40, 2**40], offsets=[0, 0])}, "too large for any array"),
+    ({"a": entry(shape=[1] * 100, offsets=[0, 4])}, "has 100 dimensions"),
+    ({"a": entry(shape=[True, 2])}, r"has shape \[True, 2\]: expected a list of integers >= 0"),
+    ({"a": entry(shape=[2.0])}, r"has shape \[2.0\]"),
+    ({"a": entry(shape=[-2])}, r"has shape \[-2\]"),
+    ({"a": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}, "has shape '2'"),
+    ({"a": entry(dtype=["F32"])}, r"has dtype \['F32'\]: expected a name"),
+    ({"a": entry(dtype=None)}, "has dtype None"),
+    ({"a": entry(offsets=[False, 8])}, r"data_offsets \[False, 8\]"),
+    ({"a": entry(offsets=[8, 0])}, r"data_offsets \[8, 0\]"),
+    ({"a": "F32"}, "lacks dtype/shape/data_offsets"),
+    (b'{"a": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 8]}}',
+     "header is not valid JSON.*digits"),
+    (b"[" * 100_000 + b"]" * 100_000, "header is not valid JSON.*nested too deeply"),
+    (b'{"a": ' + b'{"b": ' * 50_000 + b"1" + b"}" * 50_001, "nested too deeply"),
+    (b"5", "expected a JSON object, found int"),
+    (b'"F32"', "expected a JSON object, found str"),
+    (b"null", "expected a JSON object, found NoneType"),
+    (b"\xff\xfe{}", "header is not valid JSON"),
+])
+def test_crafted_headers(tmp_path, header, message):
+    path = tmp_path / "model.safetensors"
+    write_header(path, header, data=b"\0" * 8)
+    with pytest.raises(WeightsError, match=message) as info:
+        read_safetensors(path)
+    assert str(path) in str(info.value) and len(str(info.value)) < 500  # names the file, cut short
+    with pytest.raises(WeightsError, match=message):
+        miniclip.load(path, activation="gelu")
+
+
+def test_a_huge_tensor_name_is_cut_in_the_message(tmp_path):
+    path = tmp_path / "model.safetensors"
+    write_header(path, {"x" * 100_000: entry(shape=[True])}, data=b"\0" * 8)
+    with pytest.raises(WeightsError, match=r"tensor 'xxx.*\.\.\. has shape") as info:
+        read_safetensors(path)
+    assert len(str(info.value)) < 500
+
+
+def test_crafted_shard_index(tmp_path):
+    index = tmp_path / "model.safetensors.index.json"
+    for raw, message in [(b"[" * 100_000, "nested too deeply"), (b'{"weight_map": ' + b"1" * 5000 + b"}", "digits"),
+                         (b"\xff", "not valid JSON")]:
+        index.write_bytes(raw)
+        with pytest.raises(WeightsError, match=f"cannot read the shard index.*{message}"):
+            miniclip.load(index, activation="gelu")
+
+
+def with_config(tmp_path, checkpoint, arch: str, change) -> Path:
+    """A copy of the seeded checkpoint `arch` (weights linked) whose config file `change` has edited."""
+    source = checkpoint(arch)
+    for name in ("model.safetensors", "open_clip_model.safetensors"):
+        if (source / name).is_file():
+            (tmp_path / name).symlink_to(source / name)
+    config_name = "config.json" if (source / "config.json").is_file() else "open_clip_config.json"
+    config = json.loads((source / config_name).read_text())
+    config = change(config)
+    (tmp_path / config_name).write_text(config if isinstance(config, str) else json.dumps(config))
+    return tmp_path
+
+
+def setting(section: str, key: str, value):
+    def change(config):
+        target = config
+        for part in section.split("."):
+            target = target[part] if part else target
+        target[key] = value
+        return config
+    return change
+
+
+@pytest.mark.parametrize("arch, change, message", [
+    # open_clip_config.json
+    ("odd_oc", setting("model_cfg.vision_cfg", "head_width", 0), "vision_cfg.head_width=0 must be an integer >= 1"),
+    ("odd_oc", setting("model_cfg.vision_cfg", "head_width", 32.5), "vision_cfg.head_width=32.5 must be an integer"),
+    ("odd_oc", setting("model_cfg.vision_cfg", "head_width", True), "vision_cfg.head_width=True must be an integer"),
+    ("odd_oc", setting("model_cfg.text_cfg", "heads", "abc"), "text_cfg.heads='abc' must be an integer >= 1"),
+    ("odd_oc", setting("model_cfg.text_cfg", "heads", 7), "text width 80 is not divisible into 7 heads"),
+    ("odd_oc", setting("model_cfg", "quick_gelu", "yes"), "quick_gelu='yes' must be true or false"),
+    ("odd_oc", setting("model_cfg", "vision_cfg", [1, 2]), "vision_cfg must be a JSON object, got list"),
+    ("odd_oc", setting("model_cfg", "text_cfg", "big"), "text_cfg must be a JSON object, got str"),
+    ("odd_oc", setting("", "model_cfg", 5), "model_cfg must be a JSON object, got int"),
+    ("odd_oc", setting("model_cfg.vision_cfg", "width", [96]), r"config says vision_cfg.width=\[96\]"),
+    # config.json (transformers)
+    ("odd_hf", setting("vision_config", "num_attention_heads", "abc"),
+     "vision_config.num_attention_heads='abc' must be an integer >= 1"),
+    ("odd_hf", setting("text_config", "num_attention_heads", 0), "text_config.num_attention_heads=0 must be"),
+    ("odd_hf", setting("vision_config", "hidden_act", ["gelu"]), r"vision_config.hidden_act=\['gelu'\] must be a str"),
+    ("odd_hf", setting("text_config", "hidden_act", {"name": "gelu"}), "text_config.hidden_act=.* must be a string"),
+    ("odd_hf", setting("", "vision_config", [1]), "vision_config must be a JSON object, got list"),
+    ("odd_hf", setting("", "text_config", "x"), "text_config must be a JSON object, got str"),
+    ("odd_hf", setting("vision_config", "layer_norm_eps", -1e-5), "vision_config.layer_norm_eps=-1e-05 must be"),
+    ("odd_hf", setting("text_config", "layer_norm_eps", 0), "text_config.layer_norm_eps=0 must be a finite number > 0"),
+    ("odd_hf", setting("text_config", "layer_norm_eps", float("nan")), "layer_norm_eps=nan must be a finite"),
+    ("odd_hf", setting("text_config", "layer_norm_eps", float("inf")), "layer_norm_eps=inf must be a finite"),
+    ("odd_hf", setting("text_config", "layer_norm_eps", "1e-5"), "layer_norm_eps='1e-5' must be a finite"),
+    ("odd_hf", setting("text_config", "layer_norm_eps", True), "layer_norm_eps=True must be a finite"),
+    # either: not JSON a parser survives
+    ("odd_hf", lambda config: "[" * 100_000 + "]" * 100_000, "cannot read config: not valid JSON.*nested too deeply"),
+    ("odd_oc", lambda config: '{"model_cfg": ' + "7" * 5000 + "}", "cannot read config: not valid JSON.*digits"),
+    ("odd_hf", lambda config: "[]", "expected a JSON object"),
+])
+def test_crafted_configs(tmp_path, checkpoint, arch, change, message):
+    directory = with_config(tmp_path, checkpoint, arch, change)
+    with pytest.raises(WeightsError, match=message) as info:
+        miniclip.load(directory)
+    assert "config.json" in str(info.value)  # names the file
+
+
+def test_clip_config_refuses_values_no_model_can_run():
+    good = ODD.config.to_dict()
+    for change, message in [({"vision_heads": 0}, "vision_heads must be a positive integer, got 0"),
+                            ({"text_layers": "2"}, "text_layers must be a positive integer, got '2'"),
+                            ({"embed_dim": True}, "embed_dim must be a positive integer, got True"),
+                            ({"text_heads": 3}, "text width 80 is not divisible into 3 heads"),
+                            ({"activation": "relu"}, "activation must be one of"),
+                            ({"activation": ["gelu"]}, "activation must be one of"),
+                            ({"layer_norm_eps": -1e-5}, "layer_norm_eps must be a finite number > 0"),
+                            ({"layer_norm_eps": float("nan")}, "layer_norm_eps must be a finite number > 0")]:
+        with pytest.raises(ValueError, match=message):
+            miniclip.CLIPConfig(**(good | change))
+    assert miniclip.CLIPConfig(**good) == ODD.config
+
+
+def test_shapes_that_give_an_impossible_config(tmp_path, params_cache):
+    tensors = to_open_clip(params_cache("odd_oc"))
+    tensors["text_projection"] = np.zeros((80, 0), np.float32)  # embed_dim 0
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    with pytest.raises(WeightsError, match="the tensors: embed_dim must be a positive integer, got 0"):
+        miniclip.load(tmp_path / "m.safetensors", activation="gelu")
