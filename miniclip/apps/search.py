@@ -27,6 +27,13 @@ and it is built so that an interruption never leaves something half-written that
   current chunk too);
 - reading checks the manifest's format, every file's size, shape and checksum, and the row count, and
   names what is wrong instead of returning mismatched rows; ``miniclip index`` rebuilds a damaged index.
+  ``load_index(mmap=True)`` maps the embeddings instead of reading them (an index of a million images is
+  2 GB): it checks every file's size, header and shape, and the SHA-256 (read in chunks, at about
+  0.5 GB/s) only for files up to ``VERIFY_LIMIT`` bytes or when asked (``verify=True``), see docs/scale.md.
+
+``search`` scores the rows in blocks and keeps each block's best ``k`` (``np.argpartition``), so a
+memory-mapped index is never held in memory whole; ``miniclip.apps.cluster`` embeds and searches on a
+Dask cluster with the same index format.
 
 Re-running ``miniclip index`` is incremental: a file whose relative path, size and modification time
 (nanoseconds) match the manifest keeps its row; new or changed files are embedded; deleted files are
@@ -39,10 +46,11 @@ import hashlib
 import html
 import io
 import json
+import mmap
 import os
 import sys
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +78,7 @@ __all__ = [
     "iter_image_embeddings",
     "load_index",
     "search",
+    "top_k",
     "write_contact_sheet",
     "write_html",
 ]
@@ -78,11 +87,15 @@ __all__ = [
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif",
                               ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".tga"})
 MANIFEST = "manifest.json"
+#: load_index(mmap=True) checks the SHA-256 of embeddings files up to this size by default (~0.25 s here).
+VERIFY_LIMIT = 128 << 20
+#: search() scores this many bytes of rows at a time (16 MiB: 8192 rows of 512 floats).
+BLOCK_BYTES = 16 << 20
 FORMAT = "miniclip-index"
 VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 56 bytes an entry instead of ~350 (an index may list millions)
 class Entry:
     """One indexed image: its path relative to the indexed folder ("/"-separated), size and mtime."""
 
@@ -210,9 +223,17 @@ def _our_files(directory: Path) -> list[Path]:
         or (p.name.startswith(".") and p.name.endswith(".tmp")))]
 
 
-def load_index(directory: str | os.PathLike) -> Index:
+def load_index(directory: str | os.PathLike, *, mmap: bool = False, verify: bool | None = None) -> Index:
     """Read an index, checking everything the manifest promises: raises :class:`BrokenIndexError`
-    naming the problem if the directory is missing, half-written, or its files do not match."""
+    naming the problem if the directory is missing, half-written, or its files do not match.
+
+    ``mmap=True``: the embeddings are memory-mapped read-only (``np.load(mmap_mode="r")``), not read, when
+    the index is one file (a complete index); an interrupted run's checkpoint parts are still read whole.
+    Every file's size, .npy header and shape are always checked; its SHA-256 is checked when ``verify`` is
+    True, or when it is None (the default) and the file is read whole or is at most ``VERIFY_LIMIT`` bytes.
+    A mapped file stays valid even if a later ``miniclip index`` run deletes it (POSIX keeps unlinked
+    files alive while mapped); the files are never written in place (their names are their hashes).
+    """
     directory = Path(directory)
     hint = f"rebuild it with `miniclip index DIR --out {directory}`"
     if not directory.is_dir():
@@ -247,22 +268,51 @@ def load_index(directory: str | os.PathLike) -> Index:
     for shard in shards:
         path = directory / str(shard.get("file", ""))
         try:
-            data = path.read_bytes()
+            if mmap and len(shards) == 1:
+                rows = _map_shard(path, shard, verify, hint)
+            else:
+                data = path.read_bytes()
+                if len(data) != shard.get("bytes") or (verify is not False and
+                                                       hashlib.sha256(data).hexdigest() != shard.get("sha256")):
+                    raise BrokenIndexError(f"{path}: does not match the checksum in {MANIFEST} (changed or "
+                                           f"half-written); {hint}")
+                rows = np.load(io.BytesIO(data), allow_pickle=False)
         except OSError as e:
             raise BrokenIndexError(f"{directory}: the manifest refers to {path.name}, which cannot be read "
                                    f"({e.strerror or e}); {hint}") from e
-        if len(data) != shard.get("bytes") or hashlib.sha256(data).hexdigest() != shard.get("sha256"):
-            raise BrokenIndexError(f"{path}: does not match the checksum in {MANIFEST} (changed or "
-                                   f"half-written); {hint}")
-        rows = np.load(io.BytesIO(data), allow_pickle=False)
         if rows.dtype != np.float32 or rows.ndim != 2 or rows.shape != (shard.get("rows"), embed_dim):
             raise BrokenIndexError(f"{path}: holds {rows.dtype} {list(rows.shape)}, the manifest says float32 "
                                    f"[{shard.get('rows')}, {embed_dim}]; {hint}")
         parts.append(rows)
-    embeddings = np.concatenate(parts) if parts else np.zeros((0, embed_dim), np.float32)
+    embeddings = (parts[0] if len(parts) == 1 else np.concatenate(parts) if parts
+                  else np.zeros((0, embed_dim), np.float32))
     if embeddings.shape[0] != count:
         raise BrokenIndexError(f"{directory}: {embeddings.shape[0]} embedding rows for {count} files; {hint}")
     return Index(directory, root, entries, embeddings, model, complete, manifest)
+
+
+def _map_shard(path: Path, shard: dict, verify: bool | None, hint: str) -> np.ndarray:
+    """One embeddings file memory-mapped, after the checks that cost no reading: its size, then its .npy
+    header (np.load parses only the header here); the SHA-256 as ``load_index`` describes."""
+    size = path.stat().st_size
+    if size != shard.get("bytes"):
+        raise BrokenIndexError(f"{path}: {size} bytes, {MANIFEST} says {shard.get('bytes')} (changed or "
+                               f"half-written); {hint}")
+    if verify or (verify is None and size <= VERIFY_LIMIT):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(16 << 20):  # chunks: the memory used stays small whatever the index's size
+                digest.update(chunk)
+        if digest.hexdigest() != shard.get("sha256"):
+            raise BrokenIndexError(f"{path}: does not match the checksum in {MANIFEST} (changed or "
+                                   f"half-written); {hint}")
+    try:
+        rows = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise BrokenIndexError(f"{path}: not a readable .npy file ({e}); {hint}") from e
+    if not isinstance(rows, np.memmap) or not rows.flags.c_contiguous or rows.offset + rows.nbytes != size:
+        raise BrokenIndexError(f"{path}: not a C-ordered .npy array filling the file; {hint}")
+    return rows
 
 
 def _write_manifest(directory: Path, *, root: Path, model: str, embed_dim: int, entries: Sequence[Entry],
@@ -321,9 +371,12 @@ def _previous_index(out: Path, model: str, report: BuildReport) -> Index | None:
 LOCK_FILE = ".miniclip-index.lock"  # held by the one build_index writing a folder
 
 
+Embedder = Callable[[Path, Sequence[Entry]], Iterable[tuple[list[Entry], np.ndarray, list[tuple[str, str]]]]]
+
+
 def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLike, *, batch_size: int = 16,
                 checkpoint_every: int = 32, progress: bool | None = None, weights: str | None = None,
-                on_skip: Callable[[str, str], None] | None = None) -> BuildReport:
+                on_skip: Callable[[str, str], None] | None = None, embed: Embedder | None = None) -> BuildReport:
     """Embed every image under ``root`` into the index directory ``out`` (created, or updated in place).
 
     Only images not already in ``out`` with the same path, size and mtime, under the same model, are
@@ -331,6 +384,10 @@ def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLi
     KeyboardInterrupt) stops the run, so a re-run continues instead of starting over. Unreadable images are
     skipped and listed in the report. ``progress``: draw a bar on stderr (None: only on a terminal).
     A second build into the same ``out`` while one runs is refused (it would interleave their files).
+
+    ``embed(root, entries)``, when given, replaces ``iter_image_embeddings`` as the source of embeddings: it
+    yields (entries read, [b, E] normalized rows, unreadable (path, reason)) per batch, in any order, and
+    ``model`` only gives the fingerprint and width (``miniclip.apps.cluster`` embeds on a Dask cluster).
     """
     if checkpoint_every < 1:
         raise MiniclipError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
@@ -343,7 +400,7 @@ def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLi
         with file_lock(out / LOCK_FILE, wait=False):
             return _build_index(model, preprocess, root, out, batch_size=batch_size,
                                 checkpoint_every=checkpoint_every, progress=progress, weights=weights,
-                                on_skip=on_skip)
+                                on_skip=on_skip, embed=embed)
     except Locked as e:
         raise MiniclipError(f"{out}: another `miniclip index` (process {e.holder or 'unknown'}) is writing this "
                             "index; wait for it to finish, or choose another --out") from None
@@ -351,7 +408,7 @@ def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLi
 
 def _build_index(model, preprocess, root: Path, out: Path, *, batch_size: int, checkpoint_every: int,
                  progress: bool | None, weights: str | None,
-                 on_skip: Callable[[str, str], None] | None) -> BuildReport:
+                 on_skip: Callable[[str, str], None] | None, embed: Embedder | None) -> BuildReport:
     fingerprint = model_fingerprint(model)
     embed_dim = int(model.config.embed_dim)
     entries, ignored = find_images(root, exclude=[out])
@@ -381,7 +438,9 @@ def _build_index(model, preprocess, root: Path, out: Path, *, batch_size: int, c
     bar = Progress("indexing", len(todo), unit="img", enabled=progress)
     batches = 0
     try:
-        for ok, features, bad in iter_image_embeddings(model, preprocess, root, todo, batch_size):
+        batches_in = (embed(root, todo) if embed is not None
+                      else iter_image_embeddings(model, preprocess, root, todo, batch_size))
+        for ok, features, bad in batches_in:
             for entry, row in zip(ok, features, strict=True):
                 rows[entry] = row
                 unsaved.append(entry)
@@ -443,16 +502,69 @@ def embed_image_query(model, preprocess, path: str | os.PathLike) -> np.ndarray:
     return normalize(model.encode_image(preprocess(load_image(path))[None]))[0]
 
 
-def search(index: Index, query: np.ndarray, k: int = 10) -> list[tuple[Path, float]]:
+def search(index: Index, query: np.ndarray, k: int = 10, *, cluster=None) -> list[tuple[Path, float]]:
     """The ``k`` indexed images most similar to ``query`` (an [E] embedding, normalized here), best first,
-    as (path, cosine similarity). Ties keep index order."""
+    as (path, cosine similarity). Ties keep index order. The rows are scored in blocks (``top_k``), so a
+    memory-mapped index (``load_index(mmap=True)``) is never in memory whole. ``cluster``: a
+    ``dask.distributed.Client``; the blocks are then scored on its workers (``miniclip.apps.cluster``)."""
     query = np.asarray(query, dtype=np.float32).reshape(-1)
     if query.shape[0] != index.embeddings.shape[1]:
         raise MiniclipError(f"query embedding has {query.shape[0]} dimensions, the index {index.embeddings.shape[1]}")
-    scores = index.embeddings @ (query / np.linalg.norm(query))  # cosine similarity: rows are unit vectors
-    order = np.lexsort((np.arange(len(scores)), -scores))[:max(0, k)]
-    paths = index.paths()
-    return [(paths[i], float(scores[i])) for i in order]
+    query = query / np.linalg.norm(query)  # cosine similarity: the rows are unit vectors
+    if cluster is not None:
+        from .cluster import top_k_on_cluster  # only with a cluster: dask is an optional extra
+
+        rows, scores = top_k_on_cluster(cluster, index.embeddings, query, k)
+    else:
+        rows, scores = top_k(index.embeddings, query, k)
+    return [(index.root / index.entries[i].path, float(s)) for i, s in zip(rows, scores, strict=True)]
+
+
+def top_k(embeddings: np.ndarray, query: np.ndarray, k: int, *, block_rows: int | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:  # [N, E], [E] -> [k] rows, [k] scores
+    """The rows of ``embeddings`` with the ``k`` highest scores ``embeddings @ query``, best first (ties: the
+    lower row first), and those scores. Blocks of ``block_rows`` rows (default: ``BLOCK_BYTES`` of them)
+    are scored one at a time, each block's best ``k`` merged with the best so far: the memory used is one
+    block's, and a memory-mapped block's pages are handed back to the OS page cache once scored."""
+    n, width = embeddings.shape
+    step = block_rows or max(1, BLOCK_BYTES // max(1, width * embeddings.itemsize))
+    best_rows, best_scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    for start in range(0, n, step):
+        block = embeddings[start:start + step]
+        scores = np.asarray(block @ query)  # [b]: one pass over the block; memory bandwidth is the limit
+        _release(block)
+        rows, scores = best_of(np.arange(start, start + len(scores)), scores, k)
+        best_rows, best_scores = best_of(np.concatenate([best_rows, rows]), np.concatenate([best_scores, scores]), k)
+    return best_rows, best_scores
+
+
+def best_of(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` highest ``scores`` and their ``rows``, best first, ties by lower row. ``np.argpartition``
+    finds the k-th highest score in O(n); every score at least that high is kept (all the ties at the
+    boundary, so the tie order is exact), and only those few are sorted."""
+    k = max(0, k)
+    if len(scores) > k:
+        if k == 0:
+            return rows[:0], scores[:0]
+        kth = scores[np.argpartition(scores, len(scores) - k)[len(scores) - k]]
+        keep = scores >= kth
+        rows, scores = rows[keep], scores[keep]
+    order = np.lexsort((rows, -scores))[:k]
+    return rows[order], scores[order]
+
+
+def _release(block: np.ndarray) -> None:
+    """Drop a memory-mapped block's pages from this process's memory. They stay in the OS page cache (the
+    next search finds them there), but without this every page read stays mapped, and a search through a
+    2 GB index would end with 2 GB resident. ``madvise(MADV_DONTNEED)`` on a read-only file mapping only
+    unmaps the pages: the data is read again from the file if touched again. ``_mmap`` is np.memmap's
+    mapping (an attribute NumPy has always had); other arrays are left alone."""
+    mapping = getattr(block, "_mmap", None)
+    if not isinstance(mapping, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or block.nbytes == 0:
+        return
+    begin = block.ctypes.data - np.frombuffer(mapping, np.uint8).ctypes.data  # the block's offset in the mapping
+    aligned = begin - begin % mmap.PAGESIZE  # madvise wants a page-aligned start
+    mapping.madvise(mmap.MADV_DONTNEED, aligned, begin + block.nbytes - aligned)
 
 
 def _href(image: Path, page: Path) -> str:

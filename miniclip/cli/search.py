@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -28,11 +29,28 @@ def _display(path: Path) -> str:
     return path.as_posix() if rel.startswith("..") else Path(rel).as_posix()
 
 
+def _cluster(args: argparse.Namespace):
+    """The Dask client for --cluster (a context manager), or a null context without it: dask is only
+    imported when asked for."""
+    if not args.cluster:
+        return contextlib.nullcontext()
+    from ..apps.cluster import connect
+
+    return connect(args.cluster)
+
+
 def cmd_index(args: argparse.Namespace) -> None:
     model, preprocess = load_model(args)
     try:
-        report = build_index(model, preprocess, args.folder, args.out, batch_size=args.batch_size,
-                             checkpoint_every=args.checkpoint_every, weights=args.weights)
+        with _cluster(args) as client:
+            embed = None
+            if client is not None:
+                from ..apps.cluster import ModelSpec, embedder
+
+                embed = embedder(client, ModelSpec.of(args.weights, args.backend, args.activation), model,
+                                 args.batch_size)
+            report = build_index(model, preprocess, args.folder, args.out, batch_size=args.batch_size,
+                                 checkpoint_every=args.checkpoint_every, weights=args.weights, embed=embed)
     except KeyboardInterrupt:
         print(f"\nminiclip: interrupted; the images embedded so far are saved in {args.out}: run the same "
               "command again to continue", file=sys.stderr)
@@ -54,7 +72,9 @@ def cmd_index(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     if (args.query is None) == (args.image is None):
         raise MiniclipError('give either a text query ("a dog on a beach") or --image FILE, not both')
-    index = load_index(args.index)  # before loading the model: a broken index fails fast
+    # Before loading the model: a broken index fails fast. Memory-mapped: an index of a million images is
+    # searched without reading it into memory (its checksum is checked up to VERIFY_LIMIT, or with --verify).
+    index = load_index(args.index, mmap=True, verify=True if args.verify else None)
     if not index.entries:
         raise MiniclipError(f"{args.index}: the index holds no images")
     model, preprocess = load_model(args)
@@ -73,7 +93,8 @@ def cmd_search(args: argparse.Namespace) -> None:
         query, title = embed_text_query(model, args.query), args.query
     if args.top < 1:
         raise MiniclipError(f"--top must be at least 1, got {args.top}")
-    results = search(index, query, args.top)
+    with _cluster(args) as client:
+        results = search(index, query, args.top, cluster=client)
     for rank, (path, score) in enumerate(results, start=1):
         print(f"{rank:3d}  {score:7.4f}  {_display(path)}")
     if args.html:
@@ -90,6 +111,9 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, metavar="INDEX", help="index folder to create or update")
     p.add_argument("--checkpoint-every", type=int, default=32, metavar="N",
                    help="save progress every N batches, so an interrupted run loses at most one chunk (default 32)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="embed on a Dask cluster: a scheduler (tcp://host:8786) or local:N for N worker processes "
+                        "here; the images and weights must be at the same paths on every machine (docs/scale.md)")
     add_model_options(p)
     p.set_defaults(func=cmd_index)
 
@@ -100,5 +124,11 @@ def add_commands(sub) -> None:
     p.add_argument("--top", type=int, default=10, metavar="K", help="number of results (default 10)")
     p.add_argument("--html", metavar="OUT.html", help="also write a web page of the results")
     p.add_argument("--sheet", metavar="OUT.png", help="also write a contact sheet (PNG) of the results")
+    p.add_argument("--verify", action="store_true",
+                   help="check the embeddings' SHA-256 even for a large index (by default only up to 128 MiB; "
+                        "size, header and shape are always checked)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="score the index's blocks on a Dask cluster (tcp://host:8786 or local:N); the index must "
+                        "be at the same path on every machine")
     add_model_options(p)
     p.set_defaults(func=cmd_search)
