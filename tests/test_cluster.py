@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,35 @@ def test_a_killed_worker_loses_and_duplicates_nothing(client, model, photos, tmp
     same_index(load_index(tmp_path / "idx"), build_index(clip, preprocess, photos, tmp_path / "single").index)
     client.wait_for_workers(2, timeout=60)  # the nanny restarted it: the next test has two workers again
     assert victims[0] not in client.run(os.getpid).values()
+
+
+@needs_dask
+def test_an_interrupted_cluster_run_saves_progress_and_leaves_no_tasks(client, model, photos, tmp_path,
+                                                                         checkpoint):
+    clip, preprocess = model
+    inner = cluster_embed(client, checkpoint, clip, 1)
+
+    def embed(root, entries):
+        for n, batch in enumerate(inner(root, entries)):
+            if n == 3:
+                raise KeyboardInterrupt  # Ctrl-C while batches are in flight
+            yield batch
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(clip, preprocess, photos, tmp_path / "idx", batch_size=1, checkpoint_every=100, embed=embed)
+    partial = load_index(tmp_path / "idx")
+    assert not partial.complete and len(partial.entries) == 3  # the batches received were saved
+
+    def ours(dask_scheduler):  # runs in the scheduler: the tasks of an embedding run still known there
+        return [str(key) for key in dask_scheduler.tasks if str(key).startswith("miniclip-embed-")]
+
+    deadline = time.monotonic() + 2
+    while client.run_on_scheduler(ours) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.run_on_scheduler(ours) == []  # the batches in flight were cancelled: nothing left running
+    report = build_index(clip, preprocess, photos, tmp_path / "idx",
+                         embed=cluster_embed(client, checkpoint, clip, 4))
+    assert report.reused == 3 and report.embedded == 21
 
 
 DRIVER = """
@@ -321,11 +351,13 @@ def test_top_k_in_blocks_equals_a_full_sort_with_ties():
 
 @needs_dask
 def test_search_on_the_cluster_equals_search_here(client, large_index):
+    from miniclip.apps.cluster import scorer
+
     out, _ = large_index
     index = load_index(out, mmap=True)
     assert isinstance(index.embeddings, np.memmap)
     query = np.random.default_rng(3).standard_normal(512).astype(np.float32)
-    assert search(index, query, 25, cluster=client) == search(index, query, 25)
+    assert search(index, query, 25, scorer=scorer(client)) == search(index, query, 25)
 
 
 def test_memory_mapped_loading_checks_cheaply_and_verifies_on_request(tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ Nothing here is imported unless ``--cluster`` is given (``import miniclip`` neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -35,7 +36,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,7 +46,7 @@ from ..errors import MiniclipError
 from .search import Embedder, Entry, best_of, iter_image_embeddings, top_k
 from .zeroshot import model_fingerprint
 
-__all__ = ["ModelSpec", "connect", "embedder", "top_k_on_cluster", "worker_loads"]
+__all__ = ["ModelSpec", "connect", "embedder", "scorer", "top_k_on_cluster", "worker_loads"]
 
 INSTALL_HINT = 'the Dask extra is not installed: pip install "miniclip[dask]"'
 
@@ -218,6 +219,11 @@ def _top_k_block(filename: str, offset: int, rows: int, width: int, start: int, 
                       shape=(stop - start, width))
     best, scores = top_k(block, query, k)
     return best + start, scores
+
+
+def scorer(client) -> Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+    """A ``scorer`` for ``search.search``: ``top_k_on_cluster`` on this client's cluster."""
+    return functools.partial(top_k_on_cluster, client)
 
 
 def top_k_on_cluster(client, embeddings: np.ndarray, query: np.ndarray, k: int

@@ -502,21 +502,18 @@ def embed_image_query(model, preprocess, path: str | os.PathLike) -> np.ndarray:
     return normalize(model.encode_image(preprocess(load_image(path))[None]))[0]
 
 
-def search(index: Index, query: np.ndarray, k: int = 10, *, cluster=None) -> list[tuple[Path, float]]:
+def search(index: Index, query: np.ndarray, k: int = 10, *,
+           scorer: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None
+           ) -> list[tuple[Path, float]]:
     """The ``k`` indexed images most similar to ``query`` (an [E] embedding, normalized here), best first,
     as (path, cosine similarity). Ties keep index order. The rows are scored in blocks (``top_k``), so a
-    memory-mapped index (``load_index(mmap=True)``) is never in memory whole. ``cluster``: a
-    ``dask.distributed.Client``; the blocks are then scored on its workers (``miniclip.apps.cluster``)."""
+    memory-mapped index (``load_index(mmap=True)``) is never in memory whole. ``scorer``: another
+    ``top_k``, e.g. ``miniclip.apps.cluster.scorer(client)``, which scores the blocks on a Dask cluster."""
     query = np.asarray(query, dtype=np.float32).reshape(-1)
     if query.shape[0] != index.embeddings.shape[1]:
         raise MiniclipError(f"query embedding has {query.shape[0]} dimensions, the index {index.embeddings.shape[1]}")
     query = query / np.linalg.norm(query)  # cosine similarity: the rows are unit vectors
-    if cluster is not None:
-        from .cluster import top_k_on_cluster  # only with a cluster: dask is an optional extra
-
-        rows, scores = top_k_on_cluster(cluster, index.embeddings, query, k)
-    else:
-        rows, scores = top_k(index.embeddings, query, k)
+    rows, scores = (scorer or top_k)(index.embeddings, query, k)
     return [(index.root / index.entries[i].path, float(s)) for i, s in zip(rows, scores, strict=True)]
 
 

@@ -94,7 +94,12 @@ def cmd_search(args: argparse.Namespace) -> None:
     if args.top < 1:
         raise MiniclipError(f"--top must be at least 1, got {args.top}")
     with _cluster(args) as client:
-        results = search(index, query, args.top, cluster=client)
+        if client is not None:
+            from ..apps.cluster import scorer
+
+            results = search(index, query, args.top, scorer=scorer(client))
+        else:
+            results = search(index, query, args.top)
     for rank, (path, score) in enumerate(results, start=1):
         print(f"{rank:3d}  {score:7.4f}  {_display(path)}")
     if args.html:
