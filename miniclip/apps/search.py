@@ -28,7 +28,10 @@ and it is built so that an interruption never leaves something half-written that
   current chunk too);
 - reading checks the manifest's format, every field's type, every file's size, shape and checksum, and the
   row count, and names what is wrong instead of returning mismatched rows; ``miniclip index`` rebuilds a
-  damaged index. A manifest is not obeyed blindly: it may name only the index's own file names
+  damaged index. ``load_index(mmap=True)`` maps the embeddings instead of reading them (an index of a
+  million images is 2 GB): it checks every file's size, header and shape, and the SHA-256 (read in chunks,
+  at about 0.5 GB/s) only for files up to ``VERIFY_LIMIT`` bytes or when asked (``verify=True``), see
+  docs/scale.md. A manifest is not obeyed blindly: it may name only the index's own file names
   (``embeddings-<16 hex>.npy``, ``part-<16 hex>.npy``) inside its folder, entries only relative paths inside
   the indexed folder, and only regular files are read (a FIFO or /dev/zero would block or never end), up
   to the size the manifest records, with the .npy header checked before any memory is allocated;
@@ -45,6 +48,10 @@ File names that are not UTF-8 are kept: Python reads them as lone surrogates (PE
 holds as JSON escapes (``"caf\\udce9.png"``). Names are shown escaped on the terminal, on the contact sheet
 and on the page (``terminal.printable``).
 
+``search`` scores the rows in blocks and keeps each block's best ``k`` (``np.argpartition``), so a
+memory-mapped index is never held in memory whole; ``miniclip.apps.cluster`` embeds and searches on a
+Dask cluster with the same index format.
+
 Re-running ``miniclip index`` is incremental: a file whose relative path, size and modification time
 (nanoseconds) match the manifest keeps its row; new or changed files are embedded; deleted files are
 dropped. A different model (see ``zeroshot.model_fingerprint``) invalidates every row.
@@ -56,6 +63,7 @@ import hashlib
 import html
 import io
 import json
+import mmap
 import os
 import re
 import sys
@@ -88,6 +96,7 @@ __all__ = [
     "iter_image_embeddings",
     "load_index",
     "search",
+    "top_k",
     "write_contact_sheet",
     "write_html",
 ]
@@ -96,11 +105,15 @@ __all__ = [
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif",
                               ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".tga"})
 MANIFEST = "manifest.json"
+#: load_index(mmap=True) checks the SHA-256 of embeddings files up to this size by default (~0.25 s here).
+VERIFY_LIMIT = 128 << 20
+#: search() scores this many bytes of rows at a time (8 MiB: 4096 rows of 512 floats).
+BLOCK_BYTES = 8 << 20
 FORMAT = "miniclip-index"
 VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 56 bytes an entry instead of ~350 (an index may list millions)
 class Entry:
     """One indexed image: its path relative to the indexed folder ("/"-separated), size and mtime."""
 
@@ -333,48 +346,85 @@ def _parse_manifest(manifest: dict) -> tuple[list[Entry], int, list[dict], Path,
     return entries, embed_dim, shards, root, model, complete
 
 
-def _read_shard(directory: Path, shard: dict, embed_dim: int, hint: str) -> np.ndarray:  # -> [rows, E]
+def _read_shard(directory: Path, shard: dict, embed_dim: int, hint: str, *, mmap: bool = False,
+                verify: bool | None = None) -> np.ndarray:  # -> [rows, E]
     """One embeddings file, checked against its manifest record before any of it is trusted: a regular file
-    (never a FIFO or a device) of the recorded size, with the recorded checksum, holding a float32 array of
-    the recorded shape: its .npy header is parsed here, never allowed to ask for memory the file does not hold."""
+    (never a FIFO or a device) of the recorded size, holding a float32 array of the recorded shape (its .npy
+    header is parsed here, never allowed to ask for memory the file does not hold), with the recorded
+    checksum. ``mmap``: map the rows instead of reading them, and check the checksum only when ``verify``
+    is True, or None and the file is at most ``VERIFY_LIMIT`` bytes (read in chunks: hashing 2 GB takes ~4 s);
+    read whole, the checksum is checked unless ``verify`` is False."""
     path = directory / shard["file"]
+    expected = (shard["rows"], embed_dim)
     try:
         with open_regular_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size != shard["bytes"]:  # checked before reading: the record bounds what is read
                 raise BrokenIndexError(f"{path}: does not match the checksum in {MANIFEST} ({size} bytes instead "
                                        f"of {shard['bytes']}: changed or half-written); {hint}")
+            offset = _npy_header(f, path, expected, hint)
+            if size - offset != 4 * expected[0] * expected[1]:
+                raise BrokenIndexError(f"{path}: holds {size - offset} bytes of rows, the manifest says float32 "
+                                       f"{list(expected)}; {hint}")
+            f.seek(0)
+            if mmap:
+                if verify or (verify is None and size <= VERIFY_LIMIT):
+                    digest = hashlib.sha256()
+                    while chunk := f.read(16 << 20):  # chunks: little memory whatever the index's size
+                        digest.update(chunk)
+                    _check_digest(digest.hexdigest(), shard, path, hint)
+                # The mapping holds its own reference to the file: it stays valid after `f` is closed, and
+                # even after a later build deletes the file (POSIX keeps unlinked files alive while mapped).
+                return np.memmap(f, dtype="<f4", mode="r", offset=offset, shape=expected)
             data = f.read(shard["bytes"] + 1)
     except FileNotFoundError as e:
         raise _Vanished(path) from e
     except OSError as e:
         raise BrokenIndexError(f"{directory}: the manifest refers to {path.name}, which cannot be read "
                                f"({e.strerror or e}); {hint}") from e
-    if len(data) != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
+    if len(data) != shard["bytes"]:
         raise BrokenIndexError(f"{path}: does not match the checksum in {MANIFEST} (changed or half-written); {hint}")
-    buffer = io.BytesIO(data)
+    if verify is not False:
+        _check_digest(hashlib.sha256(data).hexdigest(), shard, path, hint)
+    return np.frombuffer(data, dtype="<f4", offset=offset).reshape(expected)
+
+
+def _npy_header(f, path: Path, expected: tuple[int, int], hint: str) -> int:
+    """Parse a .npy header (at most 64 KiB, as the manifest check allows) and return where the rows start."""
+    buffer = io.BytesIO(f.read(65536 + 12))
     try:
         version = np.lib.format.read_magic(buffer)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = read_header(buffer)
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, EOFError) as e:
         raise BrokenIndexError(f"{path}: not a valid .npy file ({e}); {hint}") from e
-    expected = (shard["rows"], embed_dim)
-    if (dtype != np.dtype("<f4") or fortran_order or shape != expected
-            or len(data) - buffer.tell() != 4 * expected[0] * expected[1]):
+    if dtype != np.dtype("<f4") or fortran_order or shape != expected:
         raise BrokenIndexError(f"{path}: holds {dtype} {list(shape)}, the manifest says float32 {list(expected)}; "
                                f"{hint}")
-    return np.frombuffer(data, dtype="<f4", offset=buffer.tell()).reshape(expected)
+    return buffer.tell()
 
 
-def load_index(directory: str | os.PathLike) -> Index:
+def _check_digest(digest: str, shard: dict, path: Path, hint: str) -> None:
+    if digest != shard["sha256"]:
+        raise BrokenIndexError(f"{path}: does not match the checksum in {MANIFEST} (changed or half-written); {hint}")
+
+
+def load_index(directory: str | os.PathLike, *, mmap: bool = False, verify: bool | None = None) -> Index:
     """Read an index, checking everything the manifest promises: raises :class:`BrokenIndexError`
     naming the problem if the directory is missing, half-written, or its files do not match.
 
     A build running meanwhile is no problem: its manifest is the one switch (replaced atomically, always
     naming complete files), and it deletes the files an older manifest named only after the new manifest is
     in place. So a listed file that has vanished means the manifest was replaced since it was read: the
-    new one is read instead (a few times at most), and the index returned is one a manifest described."""
+    new one is read instead (a few times at most), and the index returned is one a manifest described.
+
+    ``mmap=True``: the embeddings are memory-mapped read-only (``np.memmap``, after the checks), not read, when
+    the index is one file (a complete index); an interrupted run's checkpoint parts are still read whole.
+    Every file's size, .npy header and shape are always checked; its SHA-256 is checked when ``verify`` is
+    True, or when it is None (the default) and the file is read whole or is at most ``VERIFY_LIMIT`` bytes.
+    A mapped file stays valid even if a later ``miniclip index`` run deletes it (POSIX keeps unlinked
+    files alive while mapped); the files are never written in place (their names are their hashes).
+    """
     directory = Path(directory)
     hint = f"rebuild it with `miniclip index DIR --out {directory}`"
     if not directory.is_dir():
@@ -389,7 +439,7 @@ def load_index(directory: str | os.PathLike) -> Index:
                                        "`miniclip index`")
             raise BrokenIndexError(f"{directory}: not a miniclip index (no {MANIFEST})")
         try:
-            return _load(directory, raw, hint)
+            return _load(directory, raw, hint, mmap, verify)
         except _Vanished as gone:
             if _manifest_bytes(directory) == raw:  # the manifest did not change: the file is really missing
                 raise BrokenIndexError(f"{directory}: the manifest refers to {gone.args[0].name}, which cannot be "
@@ -398,7 +448,7 @@ def load_index(directory: str | os.PathLike) -> Index:
                            "`miniclip index` running in a loop?); try again")
 
 
-def _load(directory: Path, raw: bytes, hint: str) -> Index:
+def _load(directory: Path, raw: bytes, hint: str, mmap: bool, verify: bool | None) -> Index:
     manifest_path = directory / MANIFEST
     try:
         manifest = json.loads(raw.decode("utf-8"))
@@ -416,9 +466,11 @@ def _load(directory: Path, raw: bytes, hint: str) -> Index:
     if len(entries) != manifest["count"] or sum(s["rows"] for s in shards) != len(entries):
         raise BrokenIndexError(f"{manifest_path}: says {manifest['count']} images, lists {len(entries)} files and "
                                f"{sum(s['rows'] for s in shards)} embedding rows; {hint}")
-    parts = [_read_shard(directory, shard, embed_dim, hint) for shard in shards]
-    embeddings = np.concatenate(parts) if parts else np.zeros((0, embed_dim), np.float32)
-    return Index(directory, root, entries, embeddings.astype(np.float32, copy=False), model, complete, manifest)
+    parts = [_read_shard(directory, shard, embed_dim, hint, mmap=mmap and len(shards) == 1, verify=verify)
+             for shard in shards]
+    embeddings = (parts[0] if len(parts) == 1 else np.concatenate(parts) if parts
+                  else np.zeros((0, embed_dim), np.float32))
+    return Index(directory, root, entries, embeddings, model, complete, manifest)
 
 
 def _write_manifest(directory: Path, *, root: Path, model: str, embed_dim: int, entries: Sequence[Entry],
@@ -505,9 +557,12 @@ def _remove(out: Path, doomed: set[str], keep: set[str]) -> set[str]:
 LOCK_FILE = ".miniclip-index.lock"  # held by the one build_index writing a folder
 
 
+Embedder = Callable[[Path, Sequence[Entry]], Iterable[tuple[list[Entry], np.ndarray, list[tuple[str, str]]]]]
+
+
 def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLike, *, batch_size: int = 16,
                 checkpoint_every: int = 32, progress: bool | None = None, weights: str | None = None,
-                on_skip: Callable[[str, str], None] | None = None) -> BuildReport:
+                on_skip: Callable[[str, str], None] | None = None, embed: Embedder | None = None) -> BuildReport:
     """Embed every image under ``root`` into the index directory ``out`` (created, or updated in place).
 
     Only images not already in ``out`` with the same path, size and mtime, under the same model, are
@@ -517,6 +572,10 @@ def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLi
     A second build into the same ``out`` while one runs is refused (it would interleave their files).
     ``out`` must be new, empty or an index (its manifest.json a miniclip manifest): any other folder is
     refused, and a build deletes only files that a manifest of the index named.
+
+    ``embed(root, entries)``, when given, replaces ``iter_image_embeddings`` as the source of embeddings: it
+    yields (entries read, [b, E] normalized rows, unreadable (path, reason)) per batch, in any order, and
+    ``model`` only gives the fingerprint and width (``miniclip.apps.cluster`` embeds on a Dask cluster).
     """
     if checkpoint_every < 1:
         raise MiniclipError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
@@ -530,7 +589,7 @@ def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLi
             _check_out_folder(out)  # again, now that no other build can be changing it
             return _build_index(model, preprocess, root, out, batch_size=batch_size,
                                 checkpoint_every=checkpoint_every, progress=progress, weights=weights,
-                                on_skip=on_skip)
+                                on_skip=on_skip, embed=embed)
     except Locked as e:
         raise MiniclipError(f"{out}: another `miniclip index` (process {e.holder or 'unknown'}) is writing this "
                             "index; wait for it to finish, or choose another --out") from None
@@ -538,7 +597,7 @@ def build_index(model, preprocess, root: str | os.PathLike, out: str | os.PathLi
 
 def _build_index(model, preprocess, root: Path, out: Path, *, batch_size: int, checkpoint_every: int,
                  progress: bool | None, weights: str | None,
-                 on_skip: Callable[[str, str], None] | None) -> BuildReport:
+                 on_skip: Callable[[str, str], None] | None, embed: Embedder | None) -> BuildReport:
     fingerprint = model_fingerprint(model)
     embed_dim = int(model.config.embed_dim)
     entries, ignored = find_images(root, exclude=[out])
@@ -597,7 +656,9 @@ def _build_index(model, preprocess, root: Path, out: Path, *, batch_size: int, c
     bar = Progress("indexing", len(todo), unit="img", enabled=progress)
     batches = 0
     try:
-        for ok, features, bad in iter_image_embeddings(model, preprocess, root, todo, batch_size):
+        batches_in = (embed(root, todo) if embed is not None
+                      else iter_image_embeddings(model, preprocess, root, todo, batch_size))
+        for ok, features, bad in batches_in:
             for entry, row in zip(ok, features, strict=True):
                 rows[entry] = row
                 unsaved.append(entry)
@@ -671,16 +732,75 @@ def embed_image_query(model, preprocess, path: str | os.PathLike) -> np.ndarray:
     return normalize(model.encode_image(preprocess(load_image(path))[None]))[0]
 
 
-def search(index: Index, query: np.ndarray, k: int = 10) -> list[tuple[Path, float]]:
+def search(index: Index, query: np.ndarray, k: int = 10, *,
+           scorer: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None
+           ) -> list[tuple[Path, float]]:
     """The ``k`` indexed images most similar to ``query`` (an [E] embedding, normalized here), best first,
-    as (path, cosine similarity). Ties keep index order."""
+    as (path, cosine similarity). Ties keep index order. The rows are scored in blocks (``top_k``), so a
+    memory-mapped index (``load_index(mmap=True)``) is never in memory whole. ``scorer``: another
+    ``top_k``, e.g. ``miniclip.apps.cluster.scorer(client)``, which scores the blocks on a Dask cluster."""
     query = np.asarray(query, dtype=np.float32).reshape(-1)
     if query.shape[0] != index.embeddings.shape[1]:
         raise MiniclipError(f"query embedding has {query.shape[0]} dimensions, the index {index.embeddings.shape[1]}")
-    scores = index.embeddings @ (query / np.linalg.norm(query))  # cosine similarity: rows are unit vectors
-    order = np.lexsort((np.arange(len(scores)), -scores))[:max(0, k)]
-    paths = index.paths()
-    return [(paths[i], float(scores[i])) for i in order]
+    query = query / np.linalg.norm(query)  # cosine similarity: the rows are unit vectors
+    rows, scores = (scorer or top_k)(index.embeddings, query, k)
+    return [(index.root / index.entries[i].path, float(s)) for i, s in zip(rows, scores, strict=True)]
+
+
+def top_k(embeddings: np.ndarray, query: np.ndarray, k: int, *, block_rows: int | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:  # [N, E], [E] -> [k] rows, [k] scores
+    """The rows of ``embeddings`` with the ``k`` highest scores ``embeddings @ query``, best first (ties: the
+    lower row first), and those scores. Blocks of ``block_rows`` rows (default: ``BLOCK_BYTES`` of them)
+    are scored one at a time, each block's best ``k`` merged with the best so far: the memory used is one
+    block's, and a memory-mapped block's pages are handed back to the OS page cache once scored."""
+    n, width = embeddings.shape
+    step = block_rows or max(1, BLOCK_BYTES // max(1, width * embeddings.itemsize))
+    best_rows, best_scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    for start in range(0, n, step):
+        block = embeddings[start:start + step]
+        scores = _scores(block, query)  # [b]
+        _release(block)
+        rows, scores = best_of(np.arange(start, start + len(scores)), scores, k)
+        best_rows, best_scores = best_of(np.concatenate([best_rows, rows]), np.concatenate([best_scores, scores]), k)
+    return best_rows, best_scores
+
+
+def _scores(block: np.ndarray, query: np.ndarray) -> np.ndarray:  # [b, E], [E] -> [b]
+    """``block @ query`` on one core: one pass over the rows, so memory bandwidth is the limit, not the
+    arithmetic. One dot product per row (np.vecdot; einsum before NumPy 2) rather than BLAS's matrix-vector
+    product, which splits every block over threads: that gains nothing on a memory-bound pass and, on a
+    busy machine, measured 2-9x slower for 4096-row blocks (threads waiting for each other)."""
+    vecdot = getattr(np, "vecdot", None)
+    return np.asarray(vecdot(block, query) if vecdot is not None else np.einsum("ij,j->i", block, query))
+
+
+def best_of(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` highest ``scores`` and their ``rows``, best first, ties by lower row. ``np.argpartition``
+    finds the k-th highest score in O(n); every score at least that high is kept (all the ties at the
+    boundary, so the tie order is exact), and only those few are sorted."""
+    k = max(0, k)
+    if len(scores) > k:
+        if k == 0:
+            return rows[:0], scores[:0]
+        kth = scores[np.argpartition(scores, len(scores) - k)[len(scores) - k]]
+        keep = scores >= kth
+        rows, scores = rows[keep], scores[keep]
+    order = np.lexsort((rows, -scores))[:k]
+    return rows[order], scores[order]
+
+
+def _release(block: np.ndarray) -> None:
+    """Drop a memory-mapped block's pages from this process's memory. They stay in the OS page cache (the
+    next search finds them there), but without this every page read stays mapped, and a search through a
+    2 GB index would end with 2 GB resident. ``madvise(MADV_DONTNEED)`` on a read-only file mapping only
+    unmaps the pages: the data is read again from the file if touched again. ``_mmap`` is np.memmap's
+    mapping (an attribute NumPy has always had); other arrays are left alone."""
+    mapping = getattr(block, "_mmap", None)
+    if not isinstance(mapping, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or block.nbytes == 0:
+        return
+    begin = block.ctypes.data - np.frombuffer(mapping, np.uint8).ctypes.data  # the block's offset in the mapping
+    aligned = begin - begin % mmap.PAGESIZE  # madvise wants a page-aligned start
+    mapping.madvise(mmap.MADV_DONTNEED, aligned, begin + block.nbytes - aligned)
 
 
 def _href(image: Path, page: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -32,6 +33,16 @@ def _display(path: Path) -> str:
     return printable(path.as_posix() if rel.startswith("..") else Path(rel).as_posix())
 
 
+def _cluster(args: argparse.Namespace):
+    """The Dask client for --cluster (a context manager), or a null context without it: dask is only
+    imported when asked for."""
+    if not args.cluster:
+        return contextlib.nullcontext()
+    from ..apps.cluster import connect
+
+    return connect(args.cluster)
+
+
 def cmd_index(args: argparse.Namespace) -> None:
     check_batch_size(args.batch_size)
     model, preprocess = load_model(args)
@@ -42,8 +53,15 @@ def cmd_index(args: argparse.Namespace) -> None:
     weights = str(Path(args.weights).expanduser().resolve()) if Path(args.weights).expanduser().exists() \
         else args.weights
     try:
-        report = build_index(model, preprocess, args.folder, args.out, batch_size=args.batch_size,
-                             checkpoint_every=args.checkpoint_every, weights=weights)
+        with _cluster(args) as client:
+            embed = None
+            if client is not None:
+                from ..apps.cluster import ModelSpec, embedder
+
+                embed = embedder(client, ModelSpec.of(args.weights, args.backend, args.activation), model,
+                                 args.batch_size)
+            report = build_index(model, preprocess, args.folder, args.out, batch_size=args.batch_size,
+                                 checkpoint_every=args.checkpoint_every, weights=weights, embed=embed)
     except KeyboardInterrupt:
         if created and _nothing_saved(out):
             shutil.rmtree(out, ignore_errors=True)
@@ -93,7 +111,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     sheet = check_out(args.sheet, "--sheet", [".png"]) if args.sheet else None
     if args.image is not None:
         check_images([args.image])
-    index = load_index(args.index)  # before loading the model: a broken index fails fast
+    # Before loading the model: a broken index fails fast. Memory-mapped: an index of a million images is
+    # searched without reading it into memory (its checksum is checked up to VERIFY_LIMIT, or with --verify).
+    index = load_index(args.index, mmap=True, verify=True if args.verify else None)
     if not index.entries:
         raise MiniclipError(f"{args.index}: the index holds no images")
     if not args.weights:
@@ -115,7 +135,13 @@ def cmd_search(args: argparse.Namespace) -> None:
         query, title = embed_image_query(model, preprocess, args.image), f"images like {args.image}"
     else:
         query, title = embed_text_query(model, args.query, truncate=args.truncate), args.query
-    results = search(index, query, args.top)
+    with _cluster(args) as client:
+        if client is not None:
+            from ..apps.cluster import scorer
+
+            results = search(index, query, args.top, scorer=scorer(client))
+        else:
+            results = search(index, query, args.top)
     gone = [path for path, _ in results if not path.exists()]
     for rank, (path, score) in enumerate(results, start=1):
         print(f"{rank:3d}  {score:7.4f}  {_display(path)}{'  (no longer exists)' if path in gone else ''}")
@@ -137,6 +163,9 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, metavar="INDEX", help="index folder to create or update")
     p.add_argument("--checkpoint-every", type=int, default=32, metavar="N",
                    help="save progress every N batches, so an interrupted run loses at most one chunk (default 32)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="embed on a Dask cluster: a scheduler (tcp://host:8786) or local:N for N worker processes "
+                        "here; the images and weights must be at the same paths on every machine (docs/scale.md)")
     add_model_options(p)
     p.set_defaults(func=cmd_index)
 
@@ -149,5 +178,11 @@ def add_commands(sub) -> None:
     p.add_argument("--sheet", metavar="OUT.png", help="also write a contact sheet (PNG) of the results")
     p.add_argument("--truncate", action="store_true",
                    help="cut a text query longer than the model's context length (77 tokens) instead of refusing it")
+    p.add_argument("--verify", action="store_true",
+                   help="check the embeddings' SHA-256 even for a large index (by default only up to 128 MiB; "
+                        "size, header and shape are always checked)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="score the index's blocks on a Dask cluster (tcp://host:8786 or local:N); the index must "
+                        "be at the same path on every machine")
     add_model_options(p, batch=False, weights_help=WEIGHTS_HELP[:-1] + ", else the weights the index was built with)")
     p.set_defaults(func=cmd_search)
