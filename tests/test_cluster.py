@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 import miniclip
-from miniclip.apps.search import Entry, _write_manifest, build_index, load_index, search, top_k
+from miniclip.apps.index import Entry, _write_manifest, build_index, load_index
+from miniclip.apps.search import search, top_k
 from miniclip.cli import main
 from miniclip.errors import BrokenIndexError
 
@@ -179,7 +180,7 @@ DRIVER = """
 import os, signal, sys
 import miniclip
 from miniclip.apps.cluster import ModelSpec, connect, embedder
-from miniclip.apps.search import build_index
+from miniclip.apps.index import build_index
 model, preprocess = miniclip.load(sys.argv[1])
 with connect(sys.argv[4]) as client:
     inner = embedder(client, ModelSpec.of(sys.argv[1]), model, 1)
@@ -224,7 +225,7 @@ def test_workers_that_do_not_see_the_folder_are_an_error(client, tmp_path):
 
 
 def test_dask_is_never_imported_without_cluster():
-    code = ("import sys, miniclip, miniclip.cli, miniclip.apps.search, miniclip.cli.search\n"
+    code = ("import sys, miniclip, miniclip.cli, miniclip.apps.index, miniclip.apps.search, miniclip.cli.search\n"
             "assert not {'dask', 'distributed'} & set(sys.modules), sorted(m for m in sys.modules if 'dask' in m)")
     subprocess.run([sys.executable, "-c", code], env=ENV, check=True)
 
@@ -287,7 +288,8 @@ def large_index(tmp_path_factory):
 SEARCHER = """
 import json, resource, sys
 import numpy as np
-from miniclip.apps.search import load_index, search
+from miniclip.apps.index import load_index
+from miniclip.apps.search import search
 
 def peak_rss():
     # Linux's getrusage ru_maxrss carries over the parent's high-water mark across fork + exec (here:
@@ -361,7 +363,7 @@ def test_search_on_the_cluster_equals_search_here(client, large_index):
 
 
 def test_memory_mapped_loading_checks_cheaply_and_verifies_on_request(tmp_path, monkeypatch):
-    import miniclip.apps.search as search_module
+    import miniclip.apps.index as search_module
 
     out = tmp_path / "idx"
     npy = write_synthetic_index(out, 3000, 64)  # 768 kB

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from miniclip.apps.search import LOCK_FILE, build_index, load_index
+from miniclip.apps.index import LOCK_FILE, build_index, load_index
 from miniclip.errors import MiniclipError
 from miniclip.hub import download as hub
 from miniclip.store import Locked, file_lock

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 import miniclip
-from miniclip.apps.search import build_index, load_index, search
+from miniclip.apps.index import build_index, load_index
+from miniclip.apps.search import search
 from miniclip.cli import main
 from miniclip.errors import BrokenIndexError
 
@@ -191,7 +192,7 @@ def test_an_exception_mid_run_saves_progress_and_the_rerun_resumes(model, photos
 KILLER = """
 import os, signal, sys
 import miniclip
-from miniclip.apps.search import build_index
+from miniclip.apps.index import build_index
 model, preprocess = miniclip.load(sys.argv[1])
 original, calls = model.encode_image, []
 def encode(x):
@@ -382,7 +383,7 @@ def test_only_a_miniclip_manifest_makes_a_folder_an_index(model, photos, tmp_pat
 def test_a_file_named_before_it_is_written_is_deleted_by_the_next_build(model, photos, tmp_path, monkeypatch):
     """A build names each data file in the manifest (as pending) before writing it, so a run killed just
     after writing one leaves no file that the next build does not know to delete."""
-    import miniclip.apps.search as search_module
+    import miniclip.apps.index as search_module
     clip, preprocess = model
     out = tmp_path / "idx"
     real_write = search_module.atomic_write_bytes

@@ -43,7 +43,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import MiniclipError
-from .search import Embedder, Entry, best_of, iter_image_embeddings, top_k
+from .index import Embedder, Entry, iter_image_embeddings
+from .search import best_of, top_k
 from .zeroshot import model_fingerprint
 
 __all__ = ["ModelSpec", "connect", "embedder", "scorer", "top_k_on_cluster", "worker_loads"]

@@ -39,7 +39,7 @@ _INDEX_CHILD = """
 import json, os, shutil, sys, time
 import numpy as np
 import miniclip
-from miniclip.apps.search import build_index, find_images, iter_image_embeddings
+from miniclip.apps.index import build_index, find_images, iter_image_embeddings
 
 weights, root, out, contender, images = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 model, preprocess = miniclip.load(weights, activation="quick_gelu")
@@ -105,7 +105,8 @@ def bench_index(images: int, rounds: int) -> list[dict]:
 _SEARCH_CHILD = """
 import json, os, sys, time
 import numpy as np
-from miniclip.apps.search import load_index, search
+from miniclip.apps.index import load_index
+from miniclip.apps.search import search
 
 def peak_mib():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
@@ -146,7 +147,10 @@ print(json.dumps(result))
 
 
 def bench_search(rows: int, cluster: str | None) -> dict:
-    from ..apps.search import Entry, _write_manifest  # the index writer's own manifest format
+    from ..apps.index import (
+        Entry,
+        _write_manifest,  # the index writer's own manifest format
+    )
 
     width, block = 512, 50_000
     rng = np.random.default_rng(0)

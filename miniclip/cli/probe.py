@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..apps.index import find_images, iter_image_embeddings
 from ..apps.probe import fit_probe, select_C, stratified_split
-from ..apps.search import find_images, iter_image_embeddings
 from ..errors import MiniclipError
 from .common import add_model_options, load_model
 

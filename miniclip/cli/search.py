@@ -1,4 +1,4 @@
-"""`miniclip index` and `miniclip search`: the command line of apps/search.py."""
+"""`miniclip index` and `miniclip search`: the command line of apps/index.py and apps/search.py."""
 
 from __future__ import annotations
 
@@ -9,17 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..apps.search import (
-    IMAGE_EXTENSIONS,
-    MANIFEST,
-    build_index,
-    embed_image_query,
-    embed_text_query,
-    load_index,
-    search,
-    write_contact_sheet,
-    write_html,
-)
+from ..apps.index import IMAGE_EXTENSIONS, MANIFEST, build_index, load_index
+from ..apps.search import embed_image_query, embed_text_query, search, write_contact_sheet, write_html
 from ..apps.zeroshot import model_fingerprint
 from ..errors import BrokenIndexError, MiniclipError
 from ..terminal import printable
