@@ -5,7 +5,6 @@ index is searched exactly with bounded memory. The Dask tests skip when the `das
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -19,8 +18,9 @@ import pytest
 from PIL import Image
 
 import miniclip
-from miniclip.apps.index import Entry, _write_manifest, build_index, load_index
+from miniclip.apps.index import Entry, build_index, load_index
 from miniclip.apps.search import search, top_k
+from miniclip.bench.scale import write_synthetic_index
 from miniclip.cli import main
 from miniclip.errors import BrokenIndexError
 
@@ -253,30 +253,6 @@ def test_bad_cluster_addresses(photos, tmp_path, checkpoint, capsys):
 # --------------------------------------------------------------------------------------------------
 # Search at scale
 # --------------------------------------------------------------------------------------------------
-
-
-def write_synthetic_index(out: Path, rows: int, width: int, seed: int = 0, block: int = 20_000) -> Path:
-    """An index of ``rows`` random unit vectors, written block by block (never whole in memory)."""
-    out.mkdir(parents=True)
-    tmp = out / "embeddings.tmp.npy"
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, width))
-    rng = np.random.default_rng(seed)
-    for start in range(0, rows, block):
-        x = rng.random((min(block, rows - start), width), dtype=np.float32) - 0.5  # uniform: quick to draw
-        array[start:start + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    array.flush()
-    del array
-    digest = hashlib.sha256()
-    with open(tmp, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    name = f"embeddings-{digest.hexdigest()[:16]}.npy"
-    os.replace(tmp, out / name)
-    shard = {"file": name, "rows": rows, "bytes": (out / name).stat().st_size, "sha256": digest.hexdigest()}
-    _write_manifest(out, root=out.parent / "images", model="synthetic", embed_dim=width,
-                    entries=[Entry(f"{i // 1000:03d}/{i:07d}.jpg", 1000, 1) for i in range(rows)], shards=[shard],
-                    complete=True, skipped=[], weights=None)
-    return out / name
 
 
 @pytest.fixture(scope="module")

@@ -146,34 +146,36 @@ print(json.dumps(result))
 """
 
 
-def bench_search(rows: int, cluster: str | None) -> dict:
-    from ..apps.index import (
-        Entry,
-        _write_manifest,  # the index writer's own manifest format
-    )
+def write_synthetic_index(out: Path, rows: int, width: int, seed: int = 0, block: int = 20_000) -> Path:
+    """An index of ``rows`` random unit vectors, written block by block (never whole in memory), in the index
+    writer's own manifest format; returns its embeddings file. For the search benchmark and tests/test_cluster.py."""
+    from ..apps.index import Entry, _write_manifest
+    out.mkdir(parents=True)
+    tmp = out / "embeddings.tmp.npy"
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, width))
+    rng = np.random.default_rng(seed)
+    for start in range(0, rows, block):
+        x = rng.random((min(block, rows - start), width), dtype=np.float32) - 0.5  # uniform: quick to draw
+        array[start:start + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    array.flush()
+    del array
+    digest = hashlib.sha256()
+    with open(tmp, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    name = f"embeddings-{digest.hexdigest()[:16]}.npy"
+    os.replace(tmp, out / name)
+    shard = {"file": name, "rows": rows, "bytes": (out / name).stat().st_size, "sha256": digest.hexdigest()}
+    _write_manifest(out, root=out.parent / "images", model="synthetic", embed_dim=width,
+                    entries=[Entry(f"{i // 1000:03d}/{i:07d}.jpg", 1000, 1) for i in range(rows)], shards=[shard],
+                    complete=True, skipped=[], weights=None)
+    return out / name
 
-    width, block = 512, 50_000
-    rng = np.random.default_rng(0)
+
+def bench_search(rows: int, cluster: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "index"
-        out.mkdir()
-        npy = out / "embeddings.npy.tmp"
-        array = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(rows, width))
-        for start in range(0, rows, block):
-            x = rng.random((min(block, rows - start), width), dtype=np.float32) - 0.5
-            array[start:start + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
-        array.flush()
-        del array
-        digest = hashlib.sha256()
-        with open(npy, "rb") as f:
-            while chunk := f.read(16 << 20):
-                digest.update(chunk)
-        final = out / f"embeddings-{digest.hexdigest()[:16]}.npy"
-        os.replace(npy, final)
-        shard = {"file": final.name, "rows": rows, "bytes": final.stat().st_size, "sha256": digest.hexdigest()}
-        _write_manifest(out, root=Path(tmp) / "images", model="synthetic", embed_dim=width,
-                        entries=[Entry(f"{i // 1000:04d}/{i:07d}.jpg", 100_000, 1) for i in range(rows)],
-                        shards=[shard], complete=True, skipped=[], weights=None)
+        final = write_synthetic_index(out, rows, 512)
         result = subprocess.run([sys.executable, "-c", _SEARCH_CHILD, str(out), str(final), cluster or "-"],
                                 capture_output=True, text=True)
         if result.returncode != 0:
