@@ -3,9 +3,11 @@
 Same functions, same signatures, same results (to float32 rounding) as the NumPy reference in ops.py,
 which stays the spec; tests/test_numba_ops.py checks every kernel against it. What changes is *how*:
 
-- `linear` lets BLAS (or the teaching GEMM in gemm.py, if it measured clearly faster on this machine) do
-  the matrix product, then adds the bias and applies the activation or the residual in one pass over the
-  output while it is still in cache, instead of NumPy's two or three full passes with temporaries.
+- `linear` runs its own matrix product (gemm.py): the weights are packed once, on first use, into the
+  micro-kernel's panel order (`prepare` wraps them as gemm.PackedWeight), each parallel task packs its rows
+  of A, and a register tile written in LLVM IR does the multiply-adds. The bias and the activation or the
+  residual are applied to each tile while it is in L1, as it is stored: no extra pass over the output.
+  No BLAS call remains in the forward pass, so one thread pool (Numba's) runs everything.
 - the activations use `exp` written as 2^n * e^r (below), which LLVM vectorizes; Numba's `math.exp`
   without Intel's SVML library is a scalar call per element and would be slower than NumPy.
 - `attention` works on one (batch item, head) pair at a time, reading q, k and v in place from the
@@ -13,13 +15,13 @@ which stays the spec; tests/test_numba_ops.py checks every kernel against it. Wh
   merge copies, and the [T, T] scores of one head live in cache instead of a [B, H, T, T] array.
 
 Kernels compile on first use (never at import) and are cached on disk (`cache=True`), so only the first
-process on a machine pays the compilation (a few seconds).
+process on a machine pays the compilation (several seconds: one line on stderr says so).
 
-Threads: Numba's pool and OpenBLAS's pool take turns on the same cores. With Numba's OpenMP layer a
-kernel launched right after a BLAS call was measured 5x slower (the BLAS threads were still spinning), so
-unless NUMBA_THREADING_LAYER is set we choose the "workqueue" layer, which has no such fight. The thread
-count follows NUMBA_NUM_THREADS, or `set_threads` (the `threads=` argument of miniclip.load). A workqueue
-launch costs ~0.1 ms, so tiny attention (a short text at batch 1) runs in the calling thread instead.
+Threads: the count follows NUMBA_NUM_THREADS, or `set_threads` (the `threads=` argument of miniclip.load).
+Unless NUMBA_THREADING_LAYER is set we choose the "workqueue" layer: Numba's OpenMP layer spins between
+launches, which made the model 1.7x slower when OpenBLAS's threads shared the cores with it (see
+docs/performance.md, "Thread pools"). A workqueue launch costs ~0.1 ms, so tiny products and tiny attention
+(a short text at batch 1) run in the calling thread instead.
 """
 
 from __future__ import annotations
