@@ -191,15 +191,18 @@ def pack_rows(a, i_start, i_end, out):  # a[i_start:i_end] [m, K] -> out as [cei
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def linear_tasks(a, panels, bias, kind, residual, y, rows_per_task, panels_per_task, first, last):
+def linear_tasks(a, a_packed, panels, bias, kind, residual, y, rows_per_task, panels_per_task, first, last):
     """Tasks first .. last-1 of y = epilogue(a @ W^T + bias), in this thread. A task is a block of rows_per_task
-    rows of a [M, K] times panels_per_task panels of W ([P, K, NR]); bias is padded to P * NR."""
+    rows of a [M, K] times panels_per_task panels of W ([P, K, NR]); bias is padded to P * NR. If all rows are
+    one block, a_packed holds them packed already (by the caller, once for all tasks); else it is empty."""
     M, K = a.shape
     N = y.shape[1]
     P = panels.shape[0]
     n_col_tasks = (P + panels_per_task - 1) // panels_per_task
     rows_cap = (rows_per_task + MR - 1) // MR * MR
-    a_packed = np.empty(rows_cap * K, np.float32)  # the task's rows of A as [rows_cap / MR, K, MR] micro-panels
+    prepacked = a_packed.size > 0
+    if not prepacked:
+        a_packed = np.empty(rows_cap * K, np.float32)  # the task's rows of A as [rows_cap / MR, K, MR] micro-panels
     block = np.empty(rows_cap * NR, np.float32)  # C[i_start:i_end, j0:j0 + NR] of this task, row-major
     e = np.empty(MR * NR, np.float32)  # scratch of the activations
     t = np.empty(MR * NR, np.float32)
@@ -208,7 +211,7 @@ def linear_tasks(a, panels, bias, kind, residual, y, rows_per_task, panels_per_t
     for task in range(first, last):
         i_start = (task // n_col_tasks) * rows_per_task
         i_end = min(M, i_start + rows_per_task)
-        if i_start != packed_rows:  # consecutive tasks share their rows: pack them once
+        if not prepacked and i_start != packed_rows:  # consecutive tasks share their rows: pack them once
             pack_rows(a, i_start, i_end, a_packed)
             packed_rows = i_start
         p_start = (task % n_col_tasks) * panels_per_task
@@ -242,10 +245,11 @@ def linear_tasks(a, panels, bias, kind, residual, y, rows_per_task, panels_per_t
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def linear_parallel(a, panels, bias, kind, residual, y, rows_per_task, panels_per_task, n_tasks, n_chunks):
+def linear_parallel(a, a_packed, panels, bias, kind, residual, y, rows_per_task, panels_per_task, n_tasks,
+                    n_chunks):
     """All n_tasks tasks, in n_chunks contiguous chunks spread over the threads (scratch allocated per chunk)."""
     for chunk in prange(n_chunks):
-        linear_tasks(a, panels, bias, kind, residual, y, rows_per_task, panels_per_task,
+        linear_tasks(a, a_packed, panels, bias, kind, residual, y, rows_per_task, panels_per_task,
                      chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks)
 
 
@@ -282,10 +286,15 @@ def linear(x, weight, bias=None, *, act=None, residual=None):  # [..., D_in], [D
     n_tasks = n_row_tasks * -(-P // panels_per_task)
     with _first_run("linear"):
         if threads == 1 or M * D_out * K < SERIAL_GEMM_WORK:
-            linear_tasks(a, panels, padded_bias, kind, res, y, rows_per_task, panels_per_task, 0, n_tasks)
+            linear_tasks(a, np.empty(0, np.float32), panels, padded_bias, kind, res, y, rows_per_task,
+                         panels_per_task, 0, n_tasks)
         else:
-            linear_parallel(a, panels, padded_bias, kind, res, y, rows_per_task, panels_per_task, n_tasks,
-                            min(n_tasks, 4 * threads))
+            # few rows (batch 1): every task would pack the same rows of A, so pack them once, here
+            a_packed = np.empty(-(-M // MR) * MR * K, np.float32) if n_row_tasks == 1 else np.empty(0, np.float32)
+            if n_row_tasks == 1:
+                pack_rows(a, 0, M, a_packed)
+            linear_parallel(a, a_packed, panels, padded_bias, kind, res, y, rows_per_task, panels_per_task,
+                            n_tasks, min(n_tasks, 4 * threads))
     return y.reshape(*x.shape[:-1], D_out)
 
 
