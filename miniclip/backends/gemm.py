@@ -11,16 +11,19 @@ PyTorch stores them). How a product like this gets fast (docs/performance.md has
    ones. The CPU can issue two FMAs per cycle; this keeps them busy.
 2. Packing. For that inner step to read the 32 weights of step k with one contiguous load, W must be laid
    out as "panels": for each group of NR output columns, a [K, NR] block, row k holding W[j0:j0+NR, k].
-   `pack` does this once (when the model first uses a weight); the last panel is padded with zeros.
-   BLAS libraries pack too, but they cannot know that W is a constant: OpenBLAS re-packs W on every call,
-   which at batch 1 (50 image tokens, ~15 caption tokens) costs about as much as the arithmetic. A is not
-   packed: the 6 rows of a tile are read in place, one scalar per row per step (a broadcast load).
+   `pack` does this once (when the model first uses a weight: PackedWeight); the last panel is padded
+   with zeros. BLAS libraries pack too, but they cannot know that W is a constant: OpenBLAS re-packs W on
+   every call, which at batch 1 (50 image tokens, ~15 caption tokens) costs about as much as the
+   arithmetic. A's rows are packed per call (numba_ops.pack_rows) into [K, MR] micro-panels, so that the MR
+   values broadcast at step k are adjacent; the kernel also reads A in place (any row and k strides).
 3. Explicit vectors. Numba has no vector types, and LLVM does not turn plain loops over 6 x 32 scalars into
    this register tile (tried: 11-19 GFLOP/s). `numba.extending.intrinsic` lets a Numba function emit LLVM
    IR directly, so `tile_kernel` writes the loop with `<16 x float>` values and `llvm.fma`; `tile_reference`
    below is the same loop nest in plain Numba, for reading (and for the tests).
-4. Epilogue. The tile leaves registers once, into a small scratch buffer, so whatever follows the product
-   (bias, activation, residual: numba_ops.linear) is applied there, in L1, before C is written.
+4. Blocking and epilogue (numba_ops.linear_tasks): K is walked in blocks of KC = 256, so a [KC, NR] slice of
+   a panel stays in L1 while every row tile of a task uses it; tiles accumulate into the task's [rows, NR]
+   block of C, and whatever follows the product (bias, activation, residual) is applied to that block,
+   still in cache, as it is written to the output.
 
 The vector width follows the host: 16 floats with AVX-512, 8 with AVX/AVX2, else 4; on other machines LLVM
 splits the vectors it cannot hold, which is slower but still correct. On Intel server CPUs LLVM prefers
