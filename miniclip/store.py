@@ -1,7 +1,7 @@
 """Where miniclip's files live, and how they are written: the one place for cache roots, locks and atomic
 writes.
 
-- `weights_dir()`: downloaded weights. `cache_dir()`: files miniclip computes (GEMM choice, zero-shot
+- `weights_dir()`: downloaded weights. `cache_dir()`: files miniclip computes (zero-shot
   classifiers). Both under `$MINICLIP_HOME` when it is set.
 - `file_lock`: one process at a time for work that two processes must not do at once on the same files
   (building an index in one folder, downloading one file). Advisory locks (`flock`) on a small lock file:

@@ -32,7 +32,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session", autouse=True)
 def miniclip_home(tmp_path_factory):
     """$MINICLIP_HOME at a temporary folder for the whole run, so that no test writes into the real home
-    (the GEMM choice, zero-shot classifiers, downloads): set in os.environ, so child processes (the CLI,
+    (zero-shot classifiers, downloads): set in os.environ, so child processes (the CLI,
     the benchmarks) inherit it. Tests that need their own home still monkeypatch it."""
     home = tmp_path_factory.mktemp("miniclip_home")
     saved = os.environ.get("MINICLIP_HOME")

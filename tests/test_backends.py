@@ -1,7 +1,7 @@
 """Choosing a backend (backend="auto", its fallback without Numba, threads=), the model end to end through
 the Numba GEMM, and a text's features not depending on the other texts of its batch, in every backend.
 
-These go through the public seams only (miniclip.load, get_backend, MINICLIP_GEMM, the model's outputs),
+These go through the public seams only (miniclip.load, get_backend, the model's outputs),
 so they hold whatever the kernels inside a backend look like.
 """
 
@@ -134,7 +134,7 @@ def test_text_features_do_not_depend_on_the_other_texts(name, backend, checkpoin
 
 
 # ---------------------------------------------------------------------------------------------------
-# The model through the Numba GEMM, and where the GEMM choice is kept
+# The model through the packed Numba GEMM; where caches are kept
 
 NUMBA_MODEL_RUN = """
     import sys
@@ -148,44 +148,40 @@ NUMBA_MODEL_RUN = """
         tokens = np.load(f"tests/fixtures/model_{{name}}.npz")["tokens"].astype(np.int64)
         out[f"{{name}}_image"] = model.encode_image(seeded_images(ARCHS[name]))
         out[f"{{name}}_text"] = model.encode_text(tokens)
+        from miniclip.backends.gemm import PackedWeight
+        blocks = model.params["visual"]["transformer"]["resblocks"] + model.params["transformer"]["resblocks"]
+        weights = [model.params["visual"]["conv1"]["weight"]] + [w for b in blocks for w in (
+            b["attn"]["in_proj_weight"], b["attn"]["out_proj"]["weight"], b["mlp"]["c_fc"]["weight"],
+            b["mlp"]["c_proj"]["weight"])]
+        out[f"{{name}}_unpacked"] = sum(not (isinstance(w, PackedWeight) and "packed=True" in repr(w))
+                                       for w in weights)
     np.savez({out!r}, **out)
 """
 
 
-def test_the_model_through_the_numba_gemm_matches_the_references(checkpoint, tmp_path):
-    """backend="numba" with MINICLIP_GEMM=numba (every matrix product in the Numba GEMM) and with
-    MINICLIP_GEMM=blas, each in a fresh process (the choice is made once per process): both match the
-    PyTorch references, and they differ in the last bits, so the variable did switch the products."""
+def test_the_numba_model_runs_every_linear_layer_through_its_packed_gemm(checkpoint, tmp_path):
+    """backend="numba" in a fresh process: every linear layer's weight ends up in the packed GEMM's panel
+    order (so the products went through the micro-kernel, not BLAS) and the outputs match the PyTorch
+    references."""
     checkpoints = {name: str(checkpoint(name)) for name in ("odd_hf", "odd_oc")}
-    runs = {}
-    for gemm in ("numba", "blas"):
-        out = tmp_path / f"{gemm}.npz"
-        result = run_python(NUMBA_MODEL_RUN.format(checkpoints=checkpoints, out=str(out)),
-                            env={"MINICLIP_GEMM": gemm})
-        assert result.returncode == 0, result.stderr
-        runs[gemm] = np.load(out)
-    for name in checkpoints:
-        ref = fixture(name)
-        for gemm, got in runs.items():
-            for tower in ("image", "text"):
-                err = relative_error(got[f"{name}_{tower}"], ref[f"{tower}_features"])
-                record(f"{name} (numba, MINICLIP_GEMM={gemm}) / {tower}_features (rel)", err)
-                assert err <= EMBED_RTOL, f"{name}, {gemm}: {tower} features off by {err:.3g}"
-    assert any(not np.array_equal(runs["numba"][k], runs["blas"][k]) for k in runs["numba"].files)
-
-
-def test_the_gemm_choice_is_kept_under_miniclip_home(tmp_path, miniclip_home):
-    """Left to choose, the Numba backend measures BLAS against its GEMM once and keeps the result under
-    $MINICLIP_HOME/cache (here a temporary folder; the whole test session runs with one, see conftest.py)."""
-    from miniclip.store import cache_dir
-
-    assert cache_dir() == miniclip_home / "cache"  # what every test process (and its children) uses
-    home = tmp_path / "home"
-    result = run_python("""
-        import numpy as np
-        from miniclip.backends import get_backend
-        x = np.ones((3, 8), np.float32)
-        np.testing.assert_allclose(get_backend("numba").linear(x, np.ones((5, 8), np.float32)), 8.0)
-    """, env={"MINICLIP_HOME": str(home), "MINICLIP_GEMM": None})
+    out = tmp_path / "numba.npz"
+    result = run_python(NUMBA_MODEL_RUN.format(checkpoints=checkpoints, out=str(out)))
     assert result.returncode == 0, result.stderr
-    assert [p.name for p in (home / "cache").iterdir()], "the GEMM choice was not kept under MINICLIP_HOME"
+    got = np.load(out)
+    for name in checkpoints:
+        assert int(got[f"{name}_unpacked"]) == 0, f"{name}: linear weights left unpacked after a forward pass"
+        ref = fixture(name)
+        for tower in ("image", "text"):
+            err = relative_error(got[f"{name}_{tower}"], ref[f"{tower}_features"])
+            record(f"{name} (numba, packed GEMM) / {tower}_features (rel)", err)
+            assert err <= EMBED_RTOL, f"{name}: {tower} features off by {err:.3g}"
+
+
+def test_the_caches_are_kept_under_miniclip_home(miniclip_home):
+    """The whole test session runs with a temporary $MINICLIP_HOME (conftest.py), inherited by the child
+    processes the tests start: nothing a test computes or downloads lands in the real home."""
+    from miniclip.store import cache_dir, weights_dir
+
+    assert cache_dir() == miniclip_home / "cache" and weights_dir() == miniclip_home
+    result = run_python("import os; print(os.environ['MINICLIP_HOME'])")
+    assert result.stdout.strip() == str(miniclip_home)

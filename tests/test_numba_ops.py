@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import time
 
+import numba
 import numpy as np
 import pytest
+from numba import njit
 
 from miniclip import ops
 from miniclip.backends import gemm
@@ -38,49 +40,121 @@ def test_exp_saturates_instead_of_overflowing():
     assert y[0] < 1e-37 and y[1] < 1e-37 and np.isfinite(y[2])
 
 
-@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (7, 13, 5), (50, 768, 2304), (101, 64, 99), (4, 8, 4),
-                                     (gemm.SMALL_M, 40, 33), (gemm.SMALL_M + 1, 40, 33)])
-def test_gemm_matches_blas(M, K, N):  # both sides of SMALL_M: the transposed BLAS product and the plain one
-    a, w = randn(M, K), randn(N, K)
-    assert_close(gemm.numba_matmul_nt(a, w), a @ w.T, rtol=1e-4, atol=1e-4 * np.sqrt(K))
-    assert_close(gemm.blas_matmul_nt(a, w), a @ w.T)
+# The micro-kernel at every vector width it may be compiled for (16: AVX-512, 8: AVX2, 4: elsewhere), whatever
+# this machine has (LLVM splits vectors wider than the host's), against its plain-loop version and NumPy.
+@njit
+def _tile_16(a, a_start, row_stride, k_stride, rows, panels, w_start, K, c, c_start):
+    gemm.tile_kernel(a, a_start, row_stride, k_stride, rows, panels, w_start, K, c, c_start, 16)
 
 
-@pytest.mark.parametrize("N, M", [(1, 1), (16, 16), (33, 17), (3072, 50), (5, 70)])
-def test_transpose_into(N, M):  # ragged blocks at both edges
-    ct, c = randn(N, M), np.full((M, N), np.nan, np.float32)
-    gemm.transpose_into(ct, c)
-    np.testing.assert_array_equal(c, ct.T)
+@njit
+def _tile_8(a, a_start, row_stride, k_stride, rows, panels, w_start, K, c, c_start):
+    gemm.tile_kernel(a, a_start, row_stride, k_stride, rows, panels, w_start, K, c, c_start, 8)
 
 
-def test_gemm_choice_can_be_forced(monkeypatch):
-    monkeypatch.setattr(gemm, "_chosen", None)
-    monkeypatch.setenv("MINICLIP_GEMM", "numba")
-    assert gemm.choice() == "numba"
-    monkeypatch.setattr(gemm, "_chosen", None)
-    monkeypatch.setenv("MINICLIP_GEMM", "mkl")
-    with pytest.raises(ValueError, match="MINICLIP_GEMM"):
-        gemm.choice()
+@njit
+def _tile_4(a, a_start, row_stride, k_stride, rows, panels, w_start, K, c, c_start):
+    gemm.tile_kernel(a, a_start, row_stride, k_stride, rows, panels, w_start, K, c, c_start, 4)
 
 
-def test_gemm_choice_is_measured_once_and_cached(monkeypatch, tmp_path):
-    monkeypatch.setattr(gemm, "_chosen", None)
-    monkeypatch.delenv("MINICLIP_GEMM", raising=False)
-    monkeypatch.setenv("MINICLIP_HOME", str(tmp_path))
-    calls = []
-    monkeypatch.setattr(gemm, "measure", lambda: calls.append(1) or {"blas": 1.0, "numba": 2.0})
-    assert gemm.choice() == "numba"
-    monkeypatch.setattr(gemm, "_chosen", None)
-    assert gemm.choice() == "numba" and len(calls) == 1  # second process: read from the cache file
-    assert (tmp_path / "cache" / "gemm_choice.json").is_file()
-    # another environment (say OPENBLAS_CORETYPE set) is measured apart, and both stay cached
-    monkeypatch.setattr(gemm, "_machine_key", lambda: "other")
-    monkeypatch.setattr(gemm, "measure", lambda: calls.append(1) or {"blas": 2.0, "numba": 1.0})
-    monkeypatch.setattr(gemm, "_chosen", None)
-    assert gemm.choice() == "blas" and len(calls) == 2
-    monkeypatch.setattr(gemm, "_chosen", None)
-    assert gemm.choice() == "blas" and len(calls) == 2
-    assert len(json.loads((tmp_path / "cache" / "gemm_choice.json").read_text())) == 2
+@pytest.mark.parametrize("vw, kernel", [(16, _tile_16), (8, _tile_8), (4, _tile_4)])
+@pytest.mark.parametrize("rows, K", [(gemm.MR, 37), (1, 5), (gemm.MR - 1, 1), (3, 300)])
+def test_tile_kernel_matches_loops_and_numpy(vw, kernel, rows, K):
+    nr = gemm.NV * vw
+    M_total, N = rows + 3, nr - 3  # A has rows beyond the tile (never read); the panel's last 3 columns are padding
+    a, w = randn(M_total, K), randn(N, K)
+    panels = gemm.pack(w, nr)  # [1, K, nr]
+    assert panels.shape == (1, K, nr) and np.all(panels[0, :, N:] == 0)
+    c0 = randn(gemm.MR * nr + 5)  # the tile starts at offset 5 and is accumulated into
+    for row_stride, k_stride, source in ((K, 1, a), (1, gemm.MR, None)):  # A's rows in place, then packed
+        if source is None:  # [K, MR] micro-panel of rows 2..2+rows (the last one repeated), as pack_rows makes
+            source = np.stack([a[2 + min(r, rows - 1)] for r in range(gemm.MR)], axis=1).copy()
+            start = 0
+        else:
+            start = 2 * K
+        got, expected_loops = c0.copy(), c0.copy()
+        kernel(source, start, row_stride, k_stride, rows, panels, 0, K, got, 5)
+        gemm.tile_reference(source, start, row_stride, k_stride, rows, panels, 0, K, expected_loops, 5)
+        np.testing.assert_allclose(got, expected_loops, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+        tile = got[5:].reshape(gemm.MR, nr)
+        rows_used = a[[2 + min(r, rows - 1) for r in range(gemm.MR)]]
+        expected = c0[5:].reshape(gemm.MR, nr) + rows_used @ np.concatenate([w, np.zeros((nr - N, K), np.float32)]).T
+        np.testing.assert_allclose(tile, expected, rtol=1e-4, atol=1e-4 * np.sqrt(K))
+        assert got[:5].tolist() == c0[:5].tolist()  # nothing written before the tile
+
+
+def test_tile_kernel_uses_the_hosts_vector_width():
+    features = gemm._host_features()
+    assert gemm.VECTOR_WIDTH == gemm._vector_width(features) and gemm.NR == gemm.NV * gemm.VECTOR_WIDTH
+    assert gemm._vector_width("+sse2,+avx,+avx2,-avx512f") == 8 and gemm._vector_width("+neon") == 4
+    assert gemm._vector_width("+avx2,+avx512f") == 16
+
+
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def threads(request):
+    before = numba.get_num_threads()
+    nbo.set_threads(request.param)
+    yield request.param
+    numba.set_num_threads(before)
+
+
+# Ragged everywhere: M, N and K not multiples of MR, NR or KC; M = 1; a K past one KC block; N below one panel.
+SHAPES = [(1, 5, 3), (1, 768, 97), (7, 13, 5), (13, 300, 70), (50, 40, 2 * gemm.NR + 1), (61, 257, 33),
+          (6, 512, gemm.NR)]
+
+
+@pytest.mark.parametrize("M, K, N", SHAPES)
+@pytest.mark.parametrize("epilogue", ["bias", "none", "quick_gelu", "gelu", "residual", "residual, no bias"])
+@pytest.mark.parametrize("path", ["serial", "parallel, small tasks"])
+def test_packed_linear_and_epilogues_match_numpy(M, K, N, epilogue, path, threads, monkeypatch):
+    if path != "serial":  # force the thread pool, with several ragged row blocks per product
+        monkeypatch.setattr(nbo, "SERIAL_GEMM_WORK", 0)
+        monkeypatch.setattr(nbo, "A_BLOCK_BYTES", 4 * K * 2 * gemm.MR)
+    x, w = randn(M, K, scale=2.0), randn(N, K, scale=1 / np.sqrt(K))
+    b = None if epilogue in ("none", "residual, no bias") else randn(N)
+    act = epilogue if epilogue in ("quick_gelu", "gelu") else None
+    r = randn(M, N) if epilogue.startswith("residual") else None
+    expected = ops.linear(x, w, b, act=act, residual=r)
+    packed = gemm.PackedWeight(w.copy())
+    assert_close(nbo.linear(x, packed, b, act=act, residual=r), expected, rtol=1e-4, atol=1e-5)
+    assert_close(nbo.linear(x, w, b, act=act, residual=r), expected, rtol=1e-4, atol=1e-5)  # packed per call
+
+
+def test_packed_weight_packs_once_on_first_use_and_lets_go_of_the_source():
+    w = randn(40, 24)
+    packed = gemm.PackedWeight(w.reshape(40, 2, 3, 4))  # as conv1.weight [D, 3, P, P]
+    assert packed.shape == (40, 24) and packed.reshape(40, -1) is packed and "packed=False" in repr(packed)
+    with pytest.raises(ValueError, match="packed weight"):
+        packed.reshape(24, 40)
+    panels = packed.panels
+    assert panels is packed.panels and packed._source is None  # the checkpoint's array is no longer held
+    np.testing.assert_array_equal(panels.transpose(0, 2, 1).reshape(-1, 24)[:40], w)
+    assert np.all(panels.transpose(0, 2, 1).reshape(-1, 24)[40:] == 0)
+
+
+def test_prepare_packs_the_linear_weights_and_leaves_the_rest():
+    params = {"visual.conv1.weight": randn(8, 3, 2, 2), "visual.proj": randn(8, 4),
+              "visual.transformer.resblocks.0.attn.in_proj_weight": randn(24, 8),
+              "visual.transformer.resblocks.0.attn.in_proj_bias": randn(24),
+              "transformer.resblocks.3.mlp.c_fc.weight": randn(32, 8), "logit_scale": np.float32(4.6)}
+    prepared = nbo.prepare(params)
+    packed = {n for n, v in prepared.items() if isinstance(v, gemm.PackedWeight)}
+    assert packed == {"visual.conv1.weight", "visual.transformer.resblocks.0.attn.in_proj_weight",
+                      "transformer.resblocks.3.mlp.c_fc.weight"}
+    assert all(prepared[n] is params[n] for n in params.keys() - packed)
+    assert not any(isinstance(v, gemm.PackedWeight) for v in params.values())  # the caller's dict is unchanged
+
+
+def test_first_run_notice_when_compiling_is_slow(monkeypatch, capsys):
+    monkeypatch.setattr(nbo, "_noticed", False)
+    monkeypatch.setattr(nbo, "_started", set())
+    with nbo._first_run("fast op"):
+        pass
+    with nbo._first_run("slow op"):
+        time.sleep(1.5)  # stands for a compilation longer than a second
+    with nbo._first_run("another slow op"):
+        time.sleep(1.5)
+    assert capsys.readouterr().err.count("compiling kernels, first run only") == 1
 
 
 @pytest.mark.parametrize("act", ["quick_gelu", "gelu", None])
@@ -142,11 +216,3 @@ def test_attention_is_causal():
     a, b = nbo.attention(qkv, 1, True), nbo.attention(changed, 1, True)
     np.testing.assert_array_equal(a[0, :7], b[0, :7])
     assert not np.allclose(a[0, 7:], b[0, 7:])
-
-
-def test_gemm_choice_keeps_blas_unless_numba_is_clearly_faster(monkeypatch, tmp_path):
-    monkeypatch.setattr(gemm, "_chosen", None)
-    monkeypatch.delenv("MINICLIP_GEMM", raising=False)
-    monkeypatch.setenv("MINICLIP_HOME", str(tmp_path))
-    monkeypatch.setattr(gemm, "measure", lambda: {"blas": 1.0, "numba": 1.1})
-    assert gemm.choice() == "blas"

@@ -251,11 +251,12 @@ def model_fingerprint(model) -> str:
         # Hash the weights as NumPy sees them: a GPU backend's arrays are brought back first, so the same
         # weights fingerprint the same on every backend (an index built with numpy is searched with cupy).
         to_host = getattr(getattr(model, "ops", None), "to_host", np.asarray)
+        # A backend may also hold weights in its own form (the numba backend's packed panels): `take` reads
+        # values by their flat index in the checkpoint's tensor, and `source_shape` is that tensor's shape.
         for name, value in leaves:
-            flat = value.reshape(-1)
-            picks = np.linspace(0, max(flat.size - 1, 0), num=min(flat.size, 64)).astype(np.int64)
-            h.update(f"{name}:{tuple(value.shape)}:".encode())
-            h.update(np.ascontiguousarray(to_host(flat[picks]), dtype="<f4").tobytes())
+            picks = np.linspace(0, max(value.size - 1, 0), num=min(value.size, 64)).astype(np.int64)
+            h.update(f"{name}:{tuple(getattr(value, 'source_shape', value.shape))}:".encode())
+            h.update(np.ascontiguousarray(to_host(value.take(picks)), dtype="<f4").tobytes())
         if not leaves:
             raise TypeError("no parameters")
     except (AttributeError, TypeError, ValueError):

@@ -3,9 +3,11 @@
 Same functions, same signatures, same results (to float32 rounding) as the NumPy reference in ops.py,
 which stays the spec; tests/test_numba_ops.py checks every kernel against it. What changes is *how*:
 
-- `linear` lets BLAS (or the teaching GEMM in gemm.py, if it measured clearly faster on this machine) do
-  the matrix product, then adds the bias and applies the activation or the residual in one pass over the
-  output while it is still in cache, instead of NumPy's two or three full passes with temporaries.
+- `linear` runs its own matrix product (gemm.py): the weights are packed once, on first use, into the
+  micro-kernel's panel order (`prepare` wraps them as gemm.PackedWeight), each parallel task packs its rows
+  of A, and a register tile written in LLVM IR does the multiply-adds. The bias and the activation or the
+  residual are applied to each tile while it is in L1, as it is stored: no extra pass over the output.
+  No BLAS call remains in the forward pass, so one thread pool (Numba's) runs everything.
 - the activations use `exp` written as 2^n * e^r (below), which LLVM vectorizes; Numba's `math.exp`
   without Intel's SVML library is a scalar call per element and would be slower than NumPy.
 - `attention` works on one (batch item, head) pair at a time, reading q, k and v in place from the
@@ -13,24 +15,27 @@ which stays the spec; tests/test_numba_ops.py checks every kernel against it. Wh
   merge copies, and the [T, T] scores of one head live in cache instead of a [B, H, T, T] array.
 
 Kernels compile on first use (never at import) and are cached on disk (`cache=True`), so only the first
-process on a machine pays the compilation (a few seconds).
+process on a machine pays the compilation (several seconds: one line on stderr says so).
 
-Threads: Numba's pool and OpenBLAS's pool take turns on the same cores. With Numba's OpenMP layer a
-kernel launched right after a BLAS call was measured 5x slower (the BLAS threads were still spinning), so
-unless NUMBA_THREADING_LAYER is set we choose the "workqueue" layer, which has no such fight. The thread
-count follows NUMBA_NUM_THREADS, or `set_threads` (the `threads=` argument of miniclip.load). A workqueue
-launch costs ~0.1 ms, so tiny attention (a short text at batch 1) runs in the calling thread instead.
+Threads: the count follows NUMBA_NUM_THREADS, or `set_threads` (the `threads=` argument of miniclip.load).
+Unless NUMBA_THREADING_LAYER is set we choose the "workqueue" layer: Numba's OpenMP layer spins between
+launches, which made the model 1.7x slower when OpenBLAS's threads shared the cores with it (see
+docs/performance.md, "Thread pools"). A workqueue launch costs ~0.1 ms, so tiny products and tiny attention
+(a short text at batch 1) run in the calling thread instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from ..ops import attention_probs, prepare, to_device, to_host  # noqa: F401  (same as the reference)
+from ..ops import attention_probs, to_device, to_host  # noqa: F401  (same as the reference)
 from . import gemm
 
 name = "numba"
@@ -38,11 +43,41 @@ name = "numba"
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-# Allow LLVM to reorder float sums (needed to vectorize reductions) and to fuse multiply-adds; NaN/inf
-# semantics are kept (no "fast" flag), so bad inputs still show up as NaN.
-FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+FASTMATH = gemm.FASTMATH  # one set of float liberties for every kernel of the backend (see gemm.py)
 ACTIVATIONS = {"quick_gelu": 0, "gelu": 1}
 ROWS_PER_TASK = 8  # rows of a [M, N] array handled by one parallel task (scratch buffers are per task)
+
+
+_noticed = False
+
+
+@contextlib.contextmanager
+def _first_run(op: str):
+    """Around an op's first call in this process: if compiling (or loading from Numba's cache) takes over a
+    second, one line on stderr says why nothing seems to happen. Later calls cost nothing."""
+    global _noticed
+    if op in _started or _noticed:
+        yield
+        return
+    _started.add(op)
+
+    def notice():
+        global _noticed
+        if not _noticed:
+            _noticed = True
+            print("miniclip: compiling kernels, first run only (cached on disk afterwards)", file=sys.stderr,
+                  flush=True)
+
+    timer = threading.Timer(1.0, notice)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+_started: set[str] = set()
 
 
 def set_threads(n: int) -> None:
@@ -88,66 +123,176 @@ ERFC_C = np.array([-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
                    0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277], dtype=np.float32)
 
 
+@njit(fastmath=FASTMATH, cache=True)
+def activate(v, kind, e, t, bits):  # v: float32[n] in place; kind 0 = quick_gelu, 1 = gelu; scratch >= n
+    n = v.shape[0]
+    c = ERFC_C
+    if kind == 0:  # quick_gelu: x * sigmoid(1.702 x) = x / (1 + e^(-1.702 x))
+        for j in range(n):
+            e[j] = np.float32(-1.702) * v[j]
+        exp_inplace(e[:n], bits)
+        for j in range(n):
+            v[j] = v[j] / (np.float32(1.0) + e[j])
+    else:  # gelu: x * Phi(x) = x/2 * erfc(-x / sqrt 2)
+        for j in range(n):
+            z = abs(v[j]) * np.float32(0.7071067811865476)
+            tj = np.float32(1.0) / (np.float32(1.0) + np.float32(0.5) * z)
+            p = c[9]
+            for k in range(8, -1, -1):
+                p = c[k] + tj * p
+            t[j] = tj
+            e[j] = -z * z + p
+        exp_inplace(e[:n], bits)
+        for j in range(n):
+            erfc_abs = t[j] * e[j]  # erfc(|x| / sqrt 2)
+            phi2 = erfc_abs if v[j] < 0 else np.float32(2.0) - erfc_abs  # 2 Phi(x)
+            v[j] = np.float32(0.5) * v[j] * phi2
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def bias_activation(y, bias, kind):  # [M, N] in place, [N], 0 = quick_gelu / 1 = gelu
     M, N = y.shape
-    c = ERFC_C
     for task in prange((M + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         e = np.empty(N, np.float32)  # per-task scratch: exp arguments, then their exp
         t = np.empty(N, np.float32)
         bits = np.empty(N, np.int32)
         for i in range(task * ROWS_PER_TASK, min(M, (task + 1) * ROWS_PER_TASK)):
             row = y[i]
-            if kind == 0:  # quick_gelu: x * sigmoid(1.702 x) = x / (1 + e^(-1.702 x))
-                for j in range(N):
-                    row[j] += bias[j]
-                    e[j] = np.float32(-1.702) * row[j]
-                exp_inplace(e, bits)
-                for j in range(N):
-                    row[j] = row[j] / (np.float32(1.0) + e[j])
-            else:  # gelu: x * Phi(x) = x/2 * erfc(-x / sqrt 2)
-                for j in range(N):
-                    row[j] += bias[j]
-                    z = abs(row[j]) * np.float32(0.7071067811865476)
-                    tj = np.float32(1.0) / (np.float32(1.0) + np.float32(0.5) * z)
-                    p = c[9]
-                    for k in range(8, -1, -1):
-                        p = c[k] + tj * p
-                    t[j] = tj
-                    e[j] = -z * z + p
-                exp_inplace(e, bits)
-                for j in range(N):
-                    erfc_abs = t[j] * e[j]  # erfc(|x| / sqrt 2)
-                    phi2 = erfc_abs if row[j] < 0 else np.float32(2.0) - erfc_abs  # 2 Phi(x)
-                    row[j] = np.float32(0.5) * row[j] * phi2
+            for j in range(N):
+                row[j] += bias[j]
+            activate(row, kind, e, t, bits)
+
+
+# ---------------------------------------------------------------------------------------------------
+# linear: the packed GEMM of gemm.py, with the bias and what follows applied to each tile as it is stored.
+
+RESIDUAL, BIAS_ONLY = 2, 3  # the epilogues after ACTIVATIONS' 0 (quick_gelu) and 1 (gelu)
+MR, NR, VECTOR_WIDTH = gemm.MR, gemm.NR, gemm.VECTOR_WIDTH
+# Rows of A one task packs and keeps in L2 while it walks across its weight panels (each [K, NR] panel is
+# read once per task): 1 MiB, half of a 2 MiB L2 (336 rows at K = 768, 84 at K = 3072).
+A_BLOCK_BYTES = 1024 * 1024
+KC = 256  # depth of one pass over a panel: 256 x NR floats = 32 KiB with AVX-512, inside L1
+SERIAL_GEMM_WORK = 2_000_000  # multiply-adds below which a product runs in the calling thread (launch ~0.1 ms)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def pack_rows(a, i_start, i_end, out):  # a[i_start:i_end] [m, K] -> out as [ceil(m / MR), K, MR]
+    """A's rows in micro-panels: the MR values the micro-kernel broadcasts at step k become adjacent (one
+    cache line, not MR). A ragged last panel repeats the last row; those outputs are never stored."""
+    K = a.shape[1]
+    for i0 in range(i_start, i_end, MR):
+        base = (i0 - i_start) * K  # micro-panel (i0 - i_start) / MR, of K * MR floats
+        for r in range(MR):
+            row = a[min(i0 + r, i_end - 1)]
+            for k in range(K):
+                out[base + k * MR + r] = row[k]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def linear_tasks(a, a_packed, panels, bias, kind, residual, y, rows_per_task, panels_per_task, first, last):
+    """Tasks first .. last-1 of y = epilogue(a @ W^T + bias), in this thread. A task is a block of rows_per_task
+    rows of a [M, K] times panels_per_task panels of W ([P, K, NR]); bias is padded to P * NR. If all rows are
+    one block, a_packed holds them packed already (by the caller, once for all tasks); else it is empty."""
+    M, K = a.shape
+    N = y.shape[1]
+    P = panels.shape[0]
+    n_col_tasks = (P + panels_per_task - 1) // panels_per_task
+    rows_cap = (rows_per_task + MR - 1) // MR * MR
+    prepacked = a_packed.size > 0
+    if not prepacked:
+        a_packed = np.empty(rows_cap * K, np.float32)  # the task's rows of A as [rows_cap / MR, K, MR] micro-panels
+    block = np.empty(rows_cap * NR, np.float32)  # C[i_start:i_end, j0:j0 + NR] of this task, row-major
+    e = np.empty(MR * NR, np.float32)  # scratch of the activations
+    t = np.empty(MR * NR, np.float32)
+    bits = np.empty(MR * NR, np.int32)
+    packed_rows = -1
+    for task in range(first, last):
+        i_start = (task // n_col_tasks) * rows_per_task
+        i_end = min(M, i_start + rows_per_task)
+        if not prepacked and i_start != packed_rows:  # consecutive tasks share their rows: pack them once
+            pack_rows(a, i_start, i_end, a_packed)
+            packed_rows = i_start
+        p_start = (task % n_col_tasks) * panels_per_task
+        for p in range(p_start, min(P, p_start + panels_per_task)):
+            j0 = p * NR
+            cols = min(NR, N - j0)
+            block[:] = 0.0
+            for k0 in range(0, K, KC):  # KC rows of the panel (KC x NR floats) stay in L1 for all row tiles
+                kc = min(KC, K - k0)
+                for i0 in range(i_start, i_end, MR):
+                    gemm.tile_kernel(a_packed, (i0 - i_start) * K + k0 * MR, 1, MR, MR, panels, (p * K + k0) * NR,
+                                     kc, block, (i0 - i_start) * NR, VECTOR_WIDTH)
+            # epilogue, on each tile while in L1: bias, then the activation or the residual, then store
+            for i0 in range(i_start, i_end, MR):
+                rows = min(MR, i_end - i0)
+                tile = block[(i0 - i_start) * NR:(i0 - i_start + MR) * NR]
+                for r in range(MR):
+                    for j in range(NR):
+                        tile[r * NR + j] += bias[j0 + j]
+                if kind < RESIDUAL:
+                    activate(tile, kind, e, t, bits)
+                for r in range(rows):
+                    out = y[i0 + r]
+                    if kind == RESIDUAL:
+                        res = residual[i0 + r]
+                        for j in range(cols):
+                            out[j0 + j] = res[j0 + j] + tile[r * NR + j]
+                    else:
+                        for j in range(cols):
+                            out[j0 + j] = tile[r * NR + j]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def bias_residual(y, bias, residual):  # [M, N] in place, [N], [M, N]: y = residual + (y + bias)
-    M, N = y.shape
-    for i in prange(M):
-        for j in range(N):
-            y[i, j] = residual[i, j] + (y[i, j] + bias[j])
+def linear_parallel(a, a_packed, panels, bias, kind, residual, y, rows_per_task, panels_per_task, n_tasks,
+                    n_chunks):
+    """All n_tasks tasks, in n_chunks contiguous chunks spread over the threads (scratch allocated per chunk)."""
+    for chunk in prange(n_chunks):
+        linear_tasks(a, a_packed, panels, bias, kind, residual, y, rows_per_task, panels_per_task,
+                     chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def add_bias(y, bias):  # [M, N] in place, [N]
-    M, N = y.shape
-    for i in prange(M):
-        for j in range(N):
-            y[i, j] += bias[j]
+def prepare(params: dict) -> dict:  # {name: array} -> {name: array or PackedWeight}
+    """The weights of every linear layer the model runs (q/k/v, out_proj, the MLP, the patch embedding) as
+    gemm.PackedWeight, packed into the micro-kernel's panels on first use; the rest as they are. The given
+    dict is not changed (the NumPy reference can keep using it)."""
+    return {name: gemm.PackedWeight(w) if name.endswith(PACKED) else w for name, w in params.items()}
+
+
+PACKED = (".attn.in_proj_weight", ".attn.out_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight",
+          "visual.conv1.weight")
 
 
 def linear(x, weight, bias=None, *, act=None, residual=None):  # [..., D_in], [D_out, D_in], [D_out] -> [..., D_out]
-    D_out = weight.shape[0]
-    y = gemm.matmul_nt(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), weight)  # [M, D_out], new array
-    if act is not None:
-        bias_activation(y, bias if bias is not None else np.zeros(D_out, np.float32), ACTIVATIONS[act])
-    elif residual is not None:
-        bias_residual(y, bias if bias is not None else np.zeros(D_out, np.float32),
-                      np.ascontiguousarray(residual.reshape(-1, D_out)))
-    elif bias is not None:
-        add_bias(y, bias)
+    D_out, K = weight.shape
+    a = np.ascontiguousarray(x.reshape(-1, K), dtype=np.float32)  # [M, K]
+    M = a.shape[0]
+    # weights the model prepared are packed once; others (the small final projections, tests) here
+    panels = weight.panels if isinstance(weight, gemm.PackedWeight) else gemm.pack(weight)
+    P = panels.shape[0]
+    padded_bias = np.zeros(P * NR, np.float32)
+    if bias is not None:
+        padded_bias[:D_out] = bias
+    kind = ACTIVATIONS[act] if act is not None else RESIDUAL if residual is not None else BIAS_ONLY
+    res = np.ascontiguousarray(residual.reshape(-1, D_out), dtype=np.float32) if residual is not None else a[:0]
+    y = np.empty((M, D_out), np.float32)
+    if M == 0:
+        return y.reshape(*x.shape[:-1], D_out)
+    threads = numba.get_num_threads()
+    rows_per_task = max(MR, min(-(-M // MR) * MR, A_BLOCK_BYTES // (4 * K) // MR * MR))
+    n_row_tasks = -(-M // rows_per_task)
+    panels_per_task = -(-P // max(1, -(-4 * threads // n_row_tasks)))  # >= 4 tasks per thread when possible
+    n_tasks = n_row_tasks * -(-P // panels_per_task)
+    with _first_run("linear"):
+        if threads == 1 or M * D_out * K < SERIAL_GEMM_WORK:
+            linear_tasks(a, np.empty(0, np.float32), panels, padded_bias, kind, res, y, rows_per_task,
+                         panels_per_task, 0, n_tasks)
+        else:
+            # few rows (batch 1): every task would pack the same rows of A, so pack them once, here
+            a_packed = np.empty(-(-M // MR) * MR * K, np.float32) if n_row_tasks == 1 else np.empty(0, np.float32)
+            if n_row_tasks == 1:
+                pack_rows(a, 0, M, a_packed)
+            linear_parallel(a, a_packed, panels, padded_bias, kind, res, y, rows_per_task, panels_per_task,
+                            n_tasks, min(n_tasks, 4 * threads))
     return y.reshape(*x.shape[:-1], D_out)
 
 
@@ -174,7 +319,8 @@ def layer_norm_rows(x, weight, bias, eps, out):  # [M, D], [D], [D], float, [M, 
 def layer_norm(x, weight, bias, eps=1e-5):  # [..., D], [D], [D] -> [..., D]
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
     out = np.empty_like(x2)
-    layer_norm_rows(x2, weight, bias, eps, out)
+    with _first_run("layer_norm"):
+        layer_norm_rows(x2, weight, bias, eps, out)
     return out.reshape(x.shape)
 
 
@@ -253,10 +399,11 @@ def attention(qkv, n_head, causal):  # [B, T, 3D] -> [B, T, D]
     qkv = np.ascontiguousarray(qkv)
     B, T, three_D = qkv.shape
     out = np.empty((B, T, three_D // 3), np.float32)
-    if B * T * T * three_D // 3 < SERIAL_ATTENTION_WORK:
-        attention_tasks(qkv, n_head, causal, out, 0, B * n_head)
-    else:
-        attention_heads(qkv, n_head, causal, out, 4 * numba.get_num_threads())  # a few chunks per thread
+    with _first_run("attention"):
+        if B * T * T * three_D // 3 < SERIAL_ATTENTION_WORK:
+            attention_tasks(qkv, n_head, causal, out, 0, B * n_head)
+        else:
+            attention_heads(qkv, n_head, causal, out, 4 * numba.get_num_threads())  # a few chunks per thread
     return out
 
 

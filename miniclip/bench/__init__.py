@@ -367,10 +367,21 @@ def bench_cold(model_name: str, contenders: list[str], repeats: int = 3) -> list
     return rows
 
 
-def bench_gemm(model_name: str, batches: list[int]) -> list[dict]:
-    """GFLOP/s of BLAS and of the Numba GEMM (gemm.py) on the ViT's qkv, out_proj, fc1 and fc2 shapes."""
-    from ..backends import gemm
+def bench_gemm(model_name: str, batches: list[int], threads: int, cpu_time: bool = False) -> list[dict]:
+    """GFLOP/s of OpenBLAS (NumPy's `a @ w.T`) and of the Numba backend's packed GEMM (weights packed once,
+    outside the timing, as loading does) on the ViT's qkv, out_proj, fc1 and fc2 shapes, with `threads`
+    threads each. Run in a process whose OpenBLAS was started with that many threads (see main). The two
+    alternate call by call and each keeps its fastest time (noise only adds time). `cpu_time` (one thread
+    only) times the CPU time of the calling thread instead of the clock: on a machine shared with other
+    work, the time slices given to other processes then do not count (their effect on the caches does)."""
+    import numba
 
+    from ..backends import gemm, numba_ops
+
+    numba.set_num_threads(threads)
+    if cpu_time and threads != 1:
+        raise ValueError("--cpu-time measures one thread: use it with --threads 1")
+    clock = time.thread_time if cpu_time else time.perf_counter
     cfg = ARCHITECTURES[model_name]
     D, F, T = cfg.vision_width, cfg.vision_mlp_dim, cfg.grid_size**2 + 1
     rng = np.random.default_rng(0)
@@ -379,9 +390,21 @@ def bench_gemm(model_name: str, batches: list[int]) -> list[dict]:
         for name, K, N in (("qkv", D, 3 * D), ("out_proj", D, D), ("fc1", D, F), ("fc2", F, D)):
             a = rng.standard_normal((batch * T, K), dtype=np.float32)
             w = rng.standard_normal((N, K), dtype=np.float32)
-            speeds = {impl: 2 * batch * T * K * N / _time(lambda f=f, a=a, w=w: f(a, w), min_seconds=0.5) / 1e9
-                      for impl, f in gemm.IMPLEMENTATIONS.items()}
-            rows.append({"shape": f"{name} [{batch * T}, {K}] x [{K}, {N}]", "batch": batch, **speeds})
+            packed = gemm.PackedWeight(w)
+            _ = packed.panels  # packed once, as the model's first call does
+            impls = {"blas": lambda a=a, w=w: a @ w.T, "numba": lambda a=a, p=packed: numba_ops.linear(a, p)}
+            best = {impl: np.inf for impl in impls}
+            for fn in impls.values():
+                fn()  # warm-up (and JIT compilation or cache load)
+            t_end = time.perf_counter() + 2.0
+            while time.perf_counter() < t_end or min(best.values()) == np.inf:
+                for impl, fn in impls.items():
+                    t0 = clock()
+                    fn()
+                    best[impl] = min(best[impl], clock() - t0)
+            flops = 2 * batch * T * K * N
+            rows.append({"shape": f"{name} [{batch * T}, {K}] x [{K}, {N}]", "batch": batch, "threads": threads,
+                         **{impl: flops / seconds / 1e9 for impl, seconds in best.items()}})
     return rows
 
 
@@ -409,7 +432,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold", action="store_true",
                         help="cold start instead: fresh process, import + load + one image + one text")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the contenders (default 2)")
-    parser.add_argument("--gemm", action="store_true", help="the matrix products alone: BLAS vs the Numba GEMM")
+    parser.add_argument("--gemm", action="store_true",
+                        help="the matrix products alone: OpenBLAS vs the Numba backend's packed GEMM")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="thread counts for --gemm (1 2)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="--gemm --threads 1: time the thread's CPU time, not the clock (for a loaded machine)")
     parser.add_argument("--profile", action="store_true",
                         help="time per op (linear by shape, layer_norm, attention) of one forward pass, per backend")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -429,12 +456,20 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"| {r['backend']} | {r['kind']} | {r['batch']} | {r['op']} | {r['calls']} | "
                           f"{r['ms']:.1f} | {r['share']:.0%} |")
         return
-    if args.gemm:
-        print("| product (batch) | BLAS GFLOP/s | Numba GEMM GFLOP/s | Numba / BLAS |")
-        print("|---|---|---|---|")
-        for r in bench_gemm(args.model, args.batch):
-            ratio = r["numba"] / r["blas"]
-            print(f"| {r['shape']} ({r['batch']}) | {r['blas']:.0f} | {r['numba']:.0f} | {ratio:.0%} |")
+    if args.gemm and args.worker:
+        print(json.dumps(bench_gemm(args.model, args.batch, args.threads[0], args.cpu_time)))
+        return
+    if args.gemm:  # one process per thread count: OpenBLAS's pool size is fixed when it starts
+        print("| product (batch) | threads | OpenBLAS GFLOP/s | packed Numba GEMM GFLOP/s | Numba / OpenBLAS |")
+        print("|---|---|---|---|---|")
+        for threads in args.threads:
+            command = [sys.executable, "-m", "miniclip.bench", "--gemm", "--worker", "--model", args.model,
+                       "--threads", str(threads), "--batch", *map(str, args.batch)] + (["--cpu-time"] * args.cpu_time)
+            env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads)}
+            out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+            for r in json.loads(out.stdout.strip().splitlines()[-1]):
+                print(f"| {r['shape']} ({r['batch']}) | {r['threads']} | {r['blas']:.0f} | {r['numba']:.0f} | "
+                      f"{r['numba'] / r['blas']:.2f}x |")
         return
     if args.cold:
         contenders = list(args.backend) + (["torch"] if _importable("torch") and _importable("transformers") else [])
