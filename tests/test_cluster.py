@@ -134,8 +134,11 @@ def test_a_killed_worker_loses_and_duplicates_nothing(client, model, photos, tmp
         for n, batch in enumerate(inner(root, entries)):
             if n == 2:  # kill a worker that has batches assigned (running or next), as a crash would
                 deadline = time.monotonic() + 10  # the scheduler's view may lag a result just handed back
-                while not (busy := [a for a, keys in (processing := client.processing()).items() if keys]) \
-                        and time.monotonic() < deadline:
+                while True:
+                    processing = client.processing()
+                    busy = [address for address, keys in processing.items() if keys]
+                    if busy or time.monotonic() > deadline:
+                        break
                     time.sleep(0.05)
                 assert busy, f"no worker had work to lose: {processing}"
                 victims.append(pids[busy[0]])
