@@ -186,7 +186,7 @@ class CLIP:
         if images.ndim != 4 or images.shape[1:] != (3, S, S):
             hint = " (a single image? use images[None] or np.stack([...]))" if images.shape == (3, S, S) else ""
             raise InputError(f"encode_image expects preprocessed images of shape [B, 3, {S}, {S}], "
-                                f"got {list(images.shape)}{hint}")
+                             f"got {list(images.shape)}{hint}")
         if not np.issubdtype(images.dtype, np.floating):
             raise InputError(f"encode_image expects float pixels from preprocess(), got dtype {images.dtype}")
         if images.shape[0] == 0:
@@ -203,7 +203,7 @@ class CLIP:
         T_max, V = self.config.context_length, self.config.vocab_size
         if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= T_max or not np.issubdtype(tokens.dtype, np.integer):
             raise InputError(f"encode_text expects integer token ids of shape [B, T] with T <= {T_max} "
-                                f"(from miniclip.tokenize), got {tokens.dtype} {list(tokens.shape)}")
+                             f"(from miniclip.tokenize), got {tokens.dtype} {list(tokens.shape)}")
         if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
             raise InputError(f"token ids must lie in [0, {V}), found {tokens.min()}..{tokens.max()}")
         if tokens.shape[0] == 0:
