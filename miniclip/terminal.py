@@ -14,8 +14,10 @@ def format_size(n: float) -> str:
     """Bytes in decimal units, as the hub shows them ("605 MB", "1.71 GB")."""
     if n >= 1e9:
         return f"{n / 1e9:.2f} GB"
-    if n >= 1e6:
+    if n >= 1e7:
         return f"{n / 1e6:.0f} MB"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} MB"
     if n >= 1e3:
         return f"{n / 1e3:.0f} kB"
     return f"{n:.0f} B"

@@ -73,7 +73,7 @@ def test_loads_by_name_without_network(monkeypatch, tmp_path, capsys):
 
     assert main(["models"]) == 0
     row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("miniclip-shapes "))
-    assert "(ships with miniclip)" in row and row.rstrip().endswith("yes")
+    assert "(ships with miniclip)" in row and "7.6 MB" in row and row.rstrip().endswith("yes")
 
 
 def test_matches_open_clip_outputs_recorded_at_training(shapes):
