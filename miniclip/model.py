@@ -3,8 +3,9 @@
 Every function states its shapes: B batch, S image side, P patch side, N = (S/P)^2 patches,
 T tokens, D width (D_v vision, D_t text), E embedding width, F MLP width. Parameters keep the
 names of OpenAI's checkpoints (see weights.py). The arithmetic is done by `ops`, a backend module with
-linear / layer_norm / attention (ops.py is the NumPy reference; numba_ops.py and cuda_ops.py the fast ones),
-plus prepare / to_device / to_host for backends whose arrays live on a GPU; this file only says what.
+linear / layer_norm / attention (ops.py is the NumPy reference; backends/numba_ops.py and
+backends/cuda_ops.py the fast ones), plus prepare / to_device / to_host for backends that keep the weights
+in their own form (packed panels, GPU arrays); this file only says what.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from ..preprocess import load_image, preprocess
 from ..safetensors_file import tensor_names
 from ..terminal import text_table
 from ..tokenizer import tokenize
-from ..weights import detect_layout, find_weights_file
+from ..weights import LAYOUT_FILES, detect_layout, find_weights_file
 
 CLIP_PNG = Path(__file__).resolve().parents[1] / "data" / "CLIP.png"
 PUBLISHED_TEXTS = ["a diagram", "a dog", "a cat"]
@@ -117,8 +117,9 @@ def _run_transformers(torch, weights_file: Path, pixels, tokens) -> tuple[Output
     except ImportError as e:
         raise ReferenceUnavailable("transformers is not installed (pip install transformers)") from e
     directory = weights_file.parent
-    if weights_file.name != "model.safetensors" or not (directory / "config.json").is_file():
-        raise ReferenceUnavailable(f"transformers needs model.safetensors + config.json in {directory}")
+    (weights_name,), config_name = LAYOUT_FILES["transformers"]  # the names from_pretrained reads
+    if weights_file.name != weights_name or not (directory / config_name).is_file():
+        raise ReferenceUnavailable(f"transformers needs {weights_name} + {config_name} in {directory}")
     model = transformers.CLIPModel.from_pretrained(directory, torch_dtype=torch.float32, attn_implementation="eager")
     model.eval()
     with torch.no_grad():
@@ -140,9 +141,9 @@ def _run_open_clip(torch, weights_file: Path, pixels, tokens) -> tuple[Outputs, 
         raise ReferenceUnavailable("open_clip is not installed (pip install open_clip_torch)") from e
     import json
 
-    config_file = weights_file.parent / "open_clip_config.json"
+    config_file = weights_file.parent / LAYOUT_FILES["open_clip"][1]
     if not config_file.is_file():
-        raise ReferenceUnavailable(f"open_clip needs open_clip_config.json beside {weights_file.name}")
+        raise ReferenceUnavailable(f"open_clip needs {config_file.name} beside {weights_file.name}")
     config = json.loads(config_file.read_text(encoding="utf-8"))
     model_cfg = dict(config.get("model_cfg", config))
     model_cfg.pop("custom_text", None)  # only chooses the class open_clip's factory builds; this is CLIP

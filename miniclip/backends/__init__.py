@@ -2,7 +2,7 @@
 
 The model (model.py) never changes between backends; a backend is a module with the functions of ops.py,
 the NumPy reference, and is tested against it. Backends are imported only when asked for, so
-`import miniclip` does not pay for Numba (nor need it: see README "Install").
+`import miniclip` does not pay for Numba (nor need it: see README "Set-up").
 """
 
 from __future__ import annotations

@@ -571,17 +571,6 @@ def peak_gflops() -> float:
     reachable ceiling: OpenBLAS's kernels run at 85-95% of the FMA units' theoretical peak)."""
     if not _PEAK:
         a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
-        a @ a
-        best = min(_timed_once(lambda: a @ a) for _ in range(5))
+        best = _time(lambda: a @ a, min_repeats=5, min_seconds=0.0)
         _PEAK.append(2 * 2048**3 / best / 1e9)
     return _PEAK[0]
-
-
-def _timed_once(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-if __name__ == "__main__":
-    main()

@@ -129,7 +129,7 @@ def lookup(name: str) -> ModelInfo | None:
     for info in models().values():
         if key == info.name.lower() or key in (a.lower() for a in info.aliases):
             return info
-    for info in models().values():  # a repo id: the first entry wins (open_clip layout, as hub.py prefers)
+    for info in models().values():  # a repo id: the first entry wins (open_clip layout, as download.py prefers)
         if info.repo and key == info.repo.lower():
             return info
     return None
