@@ -14,6 +14,7 @@ from PIL import Image
 
 from .. import load
 from ..backends import BACKENDS
+from ..config import ACTIVATIONS
 from ..errors import MiniclipError
 from ..hub.download import is_repo_id
 from ..hub.registry import lookup, models
@@ -36,7 +37,7 @@ def add_model_options(p: argparse.ArgumentParser, *, batch: bool = True, images:
     for commands that read images."""
     p.add_argument("--weights", default=os.environ.get(WEIGHTS_ENV), help=weights_help)
     p.add_argument("--backend", default="numpy", choices=["auto", *BACKENDS], help="ops backend (default: numpy)")
-    p.add_argument("--activation", choices=["quick_gelu", "gelu"],
+    p.add_argument("--activation", choices=ACTIVATIONS,
                    help="only for weights without a config file: quick_gelu (OpenAI) or gelu (LAION)")
     if batch:
         p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from ..apps.verify import verify
 from ..backends import BACKENDS
-from ..config import ARCHITECTURES
+from ..config import ACTIVATIONS, ARCHITECTURES
 from ..errors import MiniclipError, WeightsError
 from ..hub.convert import DTYPES, convert
 from ..hub.download import DEFAULT_DEADLINE, DEFAULT_RETRIES, DEFAULT_TIMEOUT, download, is_downloaded, resolve_source
@@ -114,7 +114,7 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="images to compare on (default: CLIP.png)")
     p.add_argument("--texts", nargs="+", metavar="TEXT", help="texts (default: a diagram, a dog, a cat)")
     p.add_argument("--backends", nargs="+", choices=list(BACKENDS), help="default: all")
-    p.add_argument("--activation", choices=["quick_gelu", "gelu"], help="only for weights without a config file")
+    p.add_argument("--activation", choices=ACTIVATIONS, help="only for weights without a config file")
     p.add_argument("--reference-fixture", metavar="NPZ", help="compare with stored reference outputs")
     p.add_argument("--save-reference", metavar="NPZ", help="store the torch reference's inputs and outputs")
     p.add_argument("--no-torch", action="store_true", help="skip the torch reference even if it is installed")
@@ -145,7 +145,7 @@ def add_random_weights(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=list(LAYOUTS), default="open_clip",
                    help="open_clip (open_clip_model.safetensors + open_clip_config.json, the default) or "
                         "transformers (model.safetensors + config.json)")
-    p.add_argument("--activation", choices=["quick_gelu", "gelu"],
+    p.add_argument("--activation", choices=ACTIVATIONS,
                    help="the MLP activation written into the config (default: quick_gelu, as OpenAI's CLIP)")
     p.add_argument("--seed", type=int, default=0, help="seed of the values (default 0)")
     p.set_defaults(func=cmd_random_weights)
